@@ -1,0 +1,15 @@
+"""Audio-language model adapters, one file per model family, keyed by config.json `model_type`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from .base import Backbone, HeadLayout, LoadOptions, load_backbone, resolve_model_dir
+from .qwen2_audio import Qwen2AudioBackbone
+
+ADAPTERS: dict[str, Callable[[Path, LoadOptions], Backbone]] = {
+    "qwen2_audio": Qwen2AudioBackbone,
+}
+
+__all__ = ["ADAPTERS", "Backbone", "HeadLayout", "LoadOptions", "load_backbone", "resolve_model_dir"]

@@ -1,0 +1,106 @@
+"""The small boundary between CALM and an audio-language model: head activations at the last prompt token."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol, get_args
+
+import numpy as np
+import torch
+
+from ..errors import ModelLoadError
+from ..fingerprint import Fingerprint
+
+DType = Literal["fp32", "fp16", "bf16", "nf4"]
+DTYPES: tuple[str, ...] = get_args(DType)
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class HeadLayout:
+    """The grid of attention heads CALM reads: n_layers x n_heads vectors of head_dim."""
+
+    n_layers: int
+    n_heads: int
+    head_dim: int
+
+    @property
+    def n_total(self) -> int:
+        return self.n_layers * self.n_heads
+
+    def layer_of(self, flat_head: torch.Tensor) -> torch.Tensor:
+        return flat_head // self.n_heads
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load a backbone: device, precision, prompt and how many decoder layers to keep."""
+
+    device: str = "cpu"
+    dtype: DType = "fp32"
+    prompt: str | None = None
+    load_layers: int | None = None  # None: all; n: only layers 0..n-1 are built and read from disk
+
+
+class StopForward(Exception):
+    """Raised from a hook once the deepest needed head has been read: the early exit."""
+
+
+class Backbone(Protocol):
+    layout: HeadLayout  # of the full model, whatever was loaded
+    loaded_layers: int
+    fingerprint: Fingerprint
+    name: str
+
+    def head_activations(self, clips: Sequence[np.ndarray], exit_layer: int | None = None) -> torch.Tensor:
+        """Head outputs at the last prompt token for 16 kHz mono clips: (B, exit_layer + 1, H, D), float32 on CPU."""
+        ...
+
+
+def resolve_model_dir(model: str | Path) -> Path:
+    """A local folder, or a hub id already in the local Hugging Face cache; never a download."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path}: folder has no config.json; expected a transformers model folder")
+        return path
+    if path.exists():
+        raise ModelLoadError(f"{path}: is a file; expected a model folder or a hub id in the local cache")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(str(model), local_files_only=True))
+    except (LocalEntryNotFoundError, ValueError) as e:
+        raise ModelLoadError(
+            f"{model}: not a local folder and not in the local Hugging Face cache "
+            f"({e.__class__.__name__}); calm never downloads weights at run time: "
+            f"download them once (e.g. `hf download {model}`) and pass the folder"
+        ) from e
+
+
+def load_backbone(model: str | Path, options: LoadOptions = LoadOptions()) -> Backbone:
+    """Open the adapter that fits the model folder's config.json `model_type`."""
+    import json
+    import os
+
+    # Weights come from disk only; this also keeps transformers from asking the hub for extras.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    model_dir = resolve_model_dir(model)
+    if options.dtype not in DTYPES:
+        raise ModelLoadError(f"dtype {options.dtype!r} is not supported; allowed: {', '.join(DTYPES)}")
+    try:
+        model_type = json.loads((model_dir / "config.json").read_text())["model_type"]
+    except (json.JSONDecodeError, KeyError) as e:
+        raise ModelLoadError(f"{model_dir / 'config.json'}: unreadable or has no model_type ({e})") from e
+    from . import ADAPTERS
+
+    adapter = ADAPTERS.get(model_type)
+    if adapter is None:
+        raise ModelLoadError(
+            f"{model_dir}: model_type {model_type!r} has no calm adapter; supported: {', '.join(sorted(ADAPTERS))}"
+        )
+    return adapter(model_dir, options)

@@ -1,0 +1,347 @@
+"""The fitted CALM classifier: fitting from head features, prediction, and its single-file format."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal, get_args
+
+import torch
+
+from . import calm
+from .backbones.base import HeadLayout
+from .errors import ClassifierFileError
+from .fingerprint import Fingerprint, describe_mismatch
+
+FORMAT_VERSION = 1
+UNKNOWN = "unknown"
+Abstain = Literal["none", "score", "margin"]
+ABSTAIN_MODES: tuple[str, ...] = get_args(Abstain)
+Method = Literal["calm", "sav"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CalmConfig:
+    """CALM hyper-parameters; defaults follow the paper."""
+
+    tau: float = 0.07  # temperature of the per-head posterior
+    scheme: calm.Scheme = "margin_clamped"
+    tau_w: float | None = None  # weight sharpening; None: 1.0 (margin_clamped) or 0.05 (softmax schemes)
+    top_k: int | None = 20  # heads kept per class; None keeps every head
+    alpha: float = 0.0  # shrinkage of reliability towards the head's mean over classes
+    sav_heads: int = 20  # heads of the SAV baseline
+    max_layer: int | None = None  # only heads of layers 0..max_layer are candidates (bounds the exit layer)
+    abstain: Abstain = "none"  # answer `unknown` when the score or margin is below a threshold
+    abstain_keep: float = 0.95  # the threshold keeps this share of correct validation answers
+
+    def __post_init__(self) -> None:
+        if not self.tau > 0:
+            raise ValueError(f"tau must be > 0, got {self.tau}")
+        if self.scheme not in calm.SCHEMES:
+            raise ValueError(f"scheme {self.scheme!r} is not known; allowed: {', '.join(calm.SCHEMES)}")
+        if self.tau_w is not None and not self.tau_w > 0:
+            raise ValueError(f"tau_w must be > 0, got {self.tau_w}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or unset, got {self.top_k}")
+        if self.alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {self.alpha}")
+        if self.sav_heads < 1:
+            raise ValueError(f"sav_heads must be >= 1, got {self.sav_heads}")
+        if self.max_layer is not None and self.max_layer < 0:
+            raise ValueError(f"max_layer must be >= 0, got {self.max_layer}")
+        if self.abstain not in ABSTAIN_MODES:
+            raise ValueError(f"abstain {self.abstain!r} is not known; allowed: {', '.join(ABSTAIN_MODES)}")
+        if not 0 < self.abstain_keep <= 1:
+            raise ValueError(f"abstain_keep must be in (0, 1], got {self.abstain_keep}")
+
+    @property
+    def weight_temperature(self) -> float:
+        if self.tau_w is not None:
+            return self.tau_w
+        return 1.0 if self.scheme == "margin_clamped" else 0.05
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str  # UNKNOWN when abstaining
+    best: str  # the best class, even when abstaining
+    score: float
+    margin: float
+    scores: dict[str, float]
+
+    def top(self, k: int = 3) -> list[tuple[str, float]]:
+        return sorted(self.scores.items(), key=lambda kv: -kv[1])[:k]
+
+
+@dataclass
+class CalmClassifier:
+    """Prototypes and class-specific head weights over a compact set of heads.
+
+    heads holds flat indices (layer * n_heads + head) of the heads kept: those with weight for
+    any class plus the SAV baseline's heads; sav holds positions into heads.
+    """
+
+    labels: list[str]
+    config: CalmConfig
+    layout: HeadLayout
+    fingerprint: Fingerprint
+    heads: torch.Tensor  # (K,) int64
+    prototypes: torch.Tensor  # (C, K, D)
+    reliability: torch.Tensor  # (K, C)
+    weights: torch.Tensor  # (K, C)
+    sav: torch.Tensor  # (S,) int64
+    abstain_threshold: float | None = None
+    info: dict[str, object] = field(default_factory=dict)
+
+    # ---- fitting -------------------------------------------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        label_names: list[str],
+        layout: HeadLayout,
+        fingerprint: Fingerprint,
+        config: CalmConfig = CalmConfig(),
+        val_features: torch.Tensor | None = None,
+        val_labels: torch.Tensor | None = None,
+    ) -> CalmClassifier:
+        """Fit from support features (N, L, H, D) with class indices (N,); validation clips are optional.
+
+        Without validation clips, reliability comes from leave-one-out over the support set.
+        """
+        n_classes = len(label_names)
+        if n_classes < 2:
+            raise ValueError(f"need at least 2 classes, got {n_classes}: {label_names}")
+        flat = _flatten(features, layout)
+        n_heads_total = flat.shape[1]
+        layer = torch.arange(n_heads_total) // layout.n_heads
+        allowed = torch.ones(n_heads_total, dtype=torch.bool)
+        if config.max_layer is not None:
+            allowed = layer <= config.max_layer
+        prototypes = calm.class_prototypes(flat, labels, n_classes)  # (C, LH, D)
+        counts = torch.bincount(labels, minlength=n_classes)
+        if val_features is not None and val_labels is not None:
+            post = calm.head_posteriors(_flatten(val_features, layout), prototypes, config.tau)
+            rel_labels, source = val_labels, "validation"
+        elif bool((counts >= 2).all()):
+            post = calm.loo_posteriors(flat, labels, n_classes, config.tau)
+            rel_labels, source = labels, "leave-one-out"
+        else:
+            log.warning("a class has a single support clip and no validation set is given: heads vote uniformly")
+            post = calm.head_posteriors(flat, prototypes, config.tau)
+            rel_labels, source = labels, "none (1 shot): uniform weights"
+        if source.startswith("none"):
+            r = torch.zeros(n_heads_total, n_classes)
+        else:
+            r = calm.reliability(post, rel_labels, n_classes, config.scheme, config.alpha)
+        w = calm.head_weights(r, config.scheme, config.top_k, config.weight_temperature, allowed)
+        acc = calm.head_accuracy(post, rel_labels).masked_fill(~allowed, -1.0)
+        sav_flat = torch.sort(acc, descending=True, stable=True).indices[: min(config.sav_heads, int(allowed.sum()))]
+        keep = torch.unique(torch.cat([(w > 0).any(1).nonzero().flatten(), sav_flat]))  # sorted
+        sav_pos = torch.searchsorted(keep, sav_flat)
+        clf = cls(
+            labels=list(label_names),
+            config=config,
+            layout=layout,
+            fingerprint=fingerprint,
+            heads=keep,
+            prototypes=prototypes[:, keep].contiguous(),
+            reliability=r[keep].contiguous(),
+            weights=w[keep].contiguous(),
+            sav=sav_pos,
+            info={
+                "reliability_source": source,
+                "support_per_class": dict(zip(label_names, counts.tolist())),
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            },
+        )
+        if config.abstain != "none":
+            scores = calm.calm_scores(post[:, keep], clf.weights)
+            correct = scores.argmax(1) == rel_labels
+            values = scores.amax(1) if config.abstain == "score" else calm.top_two_margin(scores)
+            clf.abstain_threshold = calm.abstain_threshold(values, correct, config.abstain_keep)
+        return clf
+
+    # ---- prediction ----------------------------------------------------------------------
+    @property
+    def exit_layer(self) -> int:
+        """Deepest layer holding a head with weight for any class: CALM never needs to run past it."""
+        used = self.heads[(self.weights > 0).any(1)]
+        return int(self.layout.layer_of(used).max())
+
+    @property
+    def sav_exit_layer(self) -> int:
+        return int(self.layout.layer_of(self.heads[self.sav]).max())
+
+    def exit_layer_for(self, methods: tuple[Method, ...] = ("calm",)) -> int:
+        return max(self.exit_layer if m == "calm" else self.sav_exit_layer for m in methods)
+
+    def posteriors(self, features: torch.Tensor) -> torch.Tensor:
+        """Per-head class posteriors of the kept heads, (N, L', H, D) -> (N, K, C)."""
+        n, n_layers = features.shape[0], features.shape[1]
+        need = int(self.layout.layer_of(self.heads).max()) + 1
+        flat = features.reshape(n, n_layers * self.layout.n_heads, self.layout.head_dim)
+        if n_layers < need:
+            # Only the heads that exist in the layers given can be scored.
+            present = self.heads < flat.shape[1]
+            post = torch.zeros(n, len(self.heads), len(self.labels))
+            post[:, present] = calm.head_posteriors(
+                flat[:, self.heads[present]], self.prototypes[:, present], self.config.tau
+            )
+            return post
+        return calm.head_posteriors(flat[:, self.heads], self.prototypes, self.config.tau)
+
+    def scores(self, features: torch.Tensor, method: Method = "calm") -> torch.Tensor:
+        """Class scores (N, C): CALM's weighted vote, or the SAV baseline's uniform vote."""
+        if method == "sav":
+            if features.shape[1] <= self.sav_exit_layer:
+                raise ValueError(f"SAV needs layers up to {self.sav_exit_layer}, got {features.shape[1]}")
+            return calm.sav_scores(self.posteriors(features)[:, self.sav])
+        if features.shape[1] <= self.exit_layer:
+            raise ValueError(f"CALM needs layers up to {self.exit_layer}, got {features.shape[1]}")
+        return calm.calm_scores(self.posteriors(features), self.weights)
+
+    def predict(self, features: torch.Tensor, method: Method = "calm") -> list[Prediction]:
+        scores = self.scores(features, method)
+        margins = calm.top_two_margin(scores)
+        out = []
+        for row, margin in zip(scores.tolist(), margins.tolist()):
+            best = max(range(len(row)), key=row.__getitem__)
+            label = self.labels[best]
+            if method == "calm" and self.abstain_threshold is not None:
+                value = row[best] if self.config.abstain == "score" else margin
+                if value < self.abstain_threshold:
+                    label = UNKNOWN
+            out.append(Prediction(label, self.labels[best], row[best], margin, dict(zip(self.labels, row))))
+        return out
+
+    def check_features(self, fingerprint: Fingerprint, source: str = "model") -> None:
+        """Refuse features from a model, precision, prompt or processor other than the one fitted on."""
+        if fingerprint.digest != self.fingerprint.digest:
+            raise ClassifierFileError(
+                f"classifier was built on other features than {source} gives "
+                f"({describe_mismatch(self.fingerprint, fingerprint)}); refit it with `calm fit` on this model"
+            )
+
+    # ---- file format ---------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """One safetensors file: tensors plus JSON metadata in its header. No pickle."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": "calm-classifier",
+            "format_version": FORMAT_VERSION,
+            "labels": self.labels,
+            "config": asdict(self.config),
+            "layout": asdict(self.layout),
+            "fingerprint": self.fingerprint.to_json(),
+            "exit_layer": self.exit_layer,
+            "abstain_threshold": self.abstain_threshold,
+            "info": self.info,
+        }
+        tensors = {
+            "heads": self.heads.to(torch.int64).contiguous(),
+            "prototypes": self.prototypes.float().contiguous(),
+            "reliability": self.reliability.float().contiguous(),
+            "weights": self.weights.float().contiguous(),
+            "sav": self.sav.to(torch.int64).contiguous(),
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata={"calm": json.dumps(meta)})
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> CalmClassifier:
+        from safetensors import SafetensorError
+        from safetensors.torch import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise ClassifierFileError(f"{path}: no such classifier file")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ClassifierFileError(f"{path}: not a calm classifier file (safetensors: {e})") from e
+        try:
+            return cls._from_parts(header, tensors)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ClassifierFileError(f"{path}: invalid calm classifier ({e.__class__.__name__}: {e})") from e
+
+    @classmethod
+    def _from_parts(cls, header: dict[str, str], tensors: dict[str, torch.Tensor]) -> CalmClassifier:
+        if "calm" not in header:
+            raise ValueError("safetensors header has no 'calm' metadata")
+        meta = json.loads(header["calm"])
+        if meta.get("format") != "calm-classifier":
+            raise ValueError(f"format is {meta.get('format')!r}, expected 'calm-classifier'")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"format_version {meta.get('format_version')!r} is not supported; this calm reads {FORMAT_VERSION}")
+        known = {f.name for f in fields(CalmConfig)}
+        unknown = set(meta["config"]) - known
+        if unknown:
+            raise ValueError(f"config has unknown keys {sorted(unknown)}")
+        config = CalmConfig(**meta["config"])
+        layout = HeadLayout(**{k: int(v) for k, v in meta["layout"].items()})
+        labels = [str(x) for x in meta["labels"]]
+        missing = {"heads", "prototypes", "reliability", "weights", "sav"} - set(tensors)
+        if missing:
+            raise ValueError(f"missing tensors {sorted(missing)}")
+        heads, protos, rel, w, sav = (tensors[k] for k in ("heads", "prototypes", "reliability", "weights", "sav"))
+        n_c, n_k = len(labels), heads.numel()
+        expect = {
+            "heads": (heads, (n_k,), torch.int64),
+            "prototypes": (protos, (n_c, n_k, layout.head_dim), torch.float32),
+            "reliability": (rel, (n_k, n_c), torch.float32),
+            "weights": (w, (n_k, n_c), torch.float32),
+            "sav": (sav, (sav.numel(),), torch.int64),
+        }
+        for name, (t, shape, dtype) in expect.items():
+            if tuple(t.shape) != shape or t.dtype != dtype:
+                raise ValueError(f"tensor {name} is {t.dtype}{tuple(t.shape)}, expected {dtype}{shape}")
+        if n_c < 2 or len(set(labels)) != n_c:
+            raise ValueError(f"labels must be at least 2 distinct names, got {labels}")
+        if n_k == 0 or int(heads.min()) < 0 or int(heads.max()) >= layout.n_total:
+            raise ValueError(f"head indices must lie in 0..{layout.n_total - 1}")
+        if sav.numel() == 0 or int(sav.min()) < 0 or int(sav.max()) >= n_k:
+            raise ValueError(f"sav positions must lie in 0..{n_k - 1}")
+        if not all(torch.isfinite(t).all() for t in (protos, rel, w)):
+            raise ValueError("tensors contain NaN or infinite values")
+        if (w < 0).any() or not torch.allclose(w.sum(0), torch.ones(n_c), atol=1e-4):
+            raise ValueError("weights must be non-negative and sum to 1 over heads for every class")
+        threshold = meta.get("abstain_threshold")
+        if threshold is not None and not math.isfinite(float(threshold)):
+            raise ValueError(f"abstain_threshold must be finite, got {threshold}")
+        return cls(
+            labels=labels,
+            config=config,
+            layout=layout,
+            fingerprint=Fingerprint.from_json(meta["fingerprint"]),
+            heads=heads,
+            prototypes=protos,
+            reliability=rel,
+            weights=w,
+            sav=sav,
+            abstain_threshold=None if threshold is None else float(threshold),
+            info=dict(meta.get("info", {})),
+        )
+
+
+def _flatten(features: torch.Tensor, layout: HeadLayout) -> torch.Tensor:
+    """(N, L, H, D) -> (N, L * H, D), checking the grid against the layout."""
+    if features.dim() != 4 or features.shape[2:] != (layout.n_heads, layout.head_dim):
+        raise ValueError(
+            f"features must be (N, L, {layout.n_heads}, {layout.head_dim}), got {tuple(features.shape)}"
+        )
+    return features.reshape(features.shape[0], -1, layout.head_dim).float()

@@ -1,0 +1,232 @@
+"""The `calm` command: fit, eval, classify, heads, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .backbones import LoadOptions, load_backbone
+from .backbones.base import DTYPES, Backbone
+from .classifier import ABSTAIN_MODES, CalmClassifier, CalmConfig
+from .calm import SCHEMES
+from .errors import CalmError
+from .features import FeatureStore, default_cache_dir
+
+log = logging.getLogger("calm")
+
+
+def _model_args(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--model", required=required, help="model folder, or a hub id already in the local cache")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--dtype", choices=DTYPES, default=None, help="precision (default: nf4 on CUDA, fp32 on CPU)")
+    p.add_argument("--batch-size", type=int, default=4, help="clips per forward pass (default 4)")
+    p.add_argument("--cache-dir", type=Path, default=default_cache_dir(), help="feature cache folder")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
+
+
+def _open_backbone(args: argparse.Namespace, load_layers: int | None, dtype: str | None = None) -> Backbone:
+    dtype = dtype or args.dtype or ("nf4" if args.device.startswith("cuda") else "fp32")
+    prompt = Path(args.prompt_file).read_text() if getattr(args, "prompt_file", None) else None
+    options = LoadOptions(device=args.device, dtype=dtype, prompt=prompt, load_layers=load_layers)  # type: ignore[arg-type]
+    return load_backbone(args.model, options)
+
+
+def _store(args: argparse.Namespace, backbone: Backbone) -> FeatureStore:
+    return FeatureStore(backbone, None if args.no_cache else args.cache_dir, args.batch_size)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from .data import label_index, load_examples
+
+    config = CalmConfig(
+        tau=args.tau,
+        scheme=args.scheme,
+        tau_w=args.tau_w,
+        top_k=None if args.top_k == 0 else args.top_k,
+        alpha=args.alpha,
+        sav_heads=args.sav_heads,
+        max_layer=args.max_layer,
+        abstain=args.abstain,
+        abstain_keep=args.abstain_keep,
+    )
+    support = load_examples(args.support)
+    labels, y = label_index(support)
+    val = load_examples(args.val) if args.val else None
+    load_layers = None if config.max_layer is None else config.max_layer + 1
+    backbone = _open_backbone(args, load_layers)
+    store = _store(args, backbone)
+    feats = store.extract([e.path for e in support], progress=not args.quiet, desc="support")
+    val_feats = val_y = None
+    if val:
+        val_feats = store.extract([e.path for e in val], progress=not args.quiet, desc="validation")
+        val_y = torch.tensor(label_index(val, labels)[1])
+    clf = CalmClassifier.fit(
+        feats, torch.tensor(y), labels, backbone.layout, backbone.fingerprint, config, val_feats, val_y
+    )
+    clf.info["model_path"] = str(Path(args.model).expanduser().resolve()) if Path(args.model).exists() else args.model
+    clf.info["dtype"] = backbone.fingerprint.components["precision"]
+    clf.save(args.out)
+    summary = {
+        "classifier": str(args.out),
+        "classes": labels,
+        "support": len(support),
+        "validation": len(val) if val else 0,
+        "reliability": clf.info["reliability_source"],
+        "heads_kept": int(clf.heads.numel()),
+        "exit_layer": clf.exit_layer,
+        "n_layers": backbone.layout.n_layers,
+        "cache": {"hits": store.hits, "misses": store.misses},
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _load_classifier_and_backbone(args: argparse.Namespace, exit_layer: int) -> tuple[CalmClassifier, Backbone]:
+    clf = CalmClassifier.load(args.classifier)
+    if args.model is None:
+        args.model = clf.info.get("model_path")
+        if not args.model:
+            raise CalmError(f"{args.classifier}: records no model path; pass --model")
+    backbone = _open_backbone(args, exit_layer + 1, dtype=args.dtype or str(clf.info.get("dtype", "")) or None)
+    clf.check_features(backbone.fingerprint, str(args.model))
+    return clf, backbone
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .data import label_index, load_examples
+    from .evaluation import evaluate, format_report
+
+    clf = CalmClassifier.load(args.classifier)
+    depth = clf.exit_layer_for(("calm", "sav"))
+    clf, backbone = _load_classifier_and_backbone(args, depth)
+    data = load_examples(args.data)
+    _, y = label_index(data, clf.labels)
+    feats = _store(args, backbone).extract([e.path for e in data], depth, progress=not args.quiet, desc="eval")
+    result = evaluate(clf, feats, y)
+    print(json.dumps(result) if args.json else format_report(result))
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from .audio import load_audio
+
+    clf = CalmClassifier.load(args.classifier)
+    clf, backbone = _load_classifier_and_backbone(args, clf.exit_layer)
+    rows = []
+    for path in args.audio:
+        t0 = time.perf_counter()
+        clip = load_audio(path)
+        t1 = time.perf_counter()
+        feats = backbone.head_activations([clip], exit_layer=clf.exit_layer)
+        t2 = time.perf_counter()
+        pred = clf.predict(feats)[0]
+        t3 = time.perf_counter()
+        rows.append(
+            {
+                "file": str(path),
+                "label": pred.label,
+                "score": pred.score,
+                "margin": pred.margin,
+                "top3": [{"label": k, "score": v} for k, v in pred.top(3)],
+                "exit_layer": clf.exit_layer,
+                "n_layers": clf.layout.n_layers,
+                "seconds": clip.size / 16_000,
+                "timing_ms": {"decode": (t1 - t0) * 1e3, "forward": (t2 - t1) * 1e3, "calm": (t3 - t2) * 1e3},
+            }
+        )
+    if args.json:
+        print(json.dumps(rows if len(rows) > 1 else rows[0]))
+    else:
+        for r in rows:
+            top = ", ".join(f"{t['label']} {t['score']:.3f}" for t in r["top3"])
+            print(
+                f"{r['file']}: {r['label']} (score {r['score']:.3f}, margin {r['margin']:.3f}; top: {top}; "
+                f"exit layer {r['exit_layer']}/{r['n_layers']}, {r['timing_ms']['forward']:.0f} ms forward)"
+            )
+    return 0
+
+
+def cmd_heads(args: argparse.Namespace) -> int:
+    from .plots import plot_head_weights
+
+    clf = CalmClassifier.load(args.classifier)
+    out = plot_head_weights(clf, args.out)
+    print(json.dumps({"image": str(out), "exit_layer": clf.exit_layer, "n_layers": clf.layout.n_layers}))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.workdir, quiet=args.quiet)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="calm", description="Few-shot audio classification with CALM head voting.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    d = CalmConfig()
+    fit = sub.add_parser("fit", help="build a classifier from labelled clips")
+    _model_args(fit, required=True)
+    fit.add_argument("--support", required=True, help="folder with one sub-folder per class, or a JSON/CSV manifest")
+    fit.add_argument("--val", help="validation clips for reliability (default: leave-one-out over the support)")
+    fit.add_argument("--out", required=True, type=Path, help="classifier file to write (.safetensors)")
+    fit.add_argument("--prompt-file", help="text prompt with <|AUDIO|> where the audio goes")
+    fit.add_argument("--tau", type=float, default=d.tau, help=f"posterior temperature (default {d.tau})")
+    fit.add_argument("--scheme", choices=SCHEMES, default=d.scheme, help=f"reliability scheme (default {d.scheme})")
+    fit.add_argument("--tau-w", type=float, default=None, help="weight sharpening temperature")
+    fit.add_argument("--top-k", type=int, default=d.top_k, help=f"heads per class, 0 for all (default {d.top_k})")
+    fit.add_argument("--alpha", type=float, default=d.alpha, help="reliability shrinkage strength (default 0)")
+    fit.add_argument("--sav-heads", type=int, default=d.sav_heads, help=f"heads of the SAV baseline (default {d.sav_heads})")
+    fit.add_argument("--max-layer", type=int, default=None, help="only use heads of layers 0..N (faster exit)")
+    fit.add_argument("--abstain", choices=ABSTAIN_MODES, default=d.abstain, help="answer 'unknown' below a threshold")
+    fit.add_argument("--abstain-keep", type=float, default=d.abstain_keep, help="share of correct answers kept")
+    fit.set_defaults(func=cmd_fit)
+
+    ev = sub.add_parser("eval", help="CALM and SAV accuracy, F1 and confusion on labelled clips")
+    ev.add_argument("--classifier", required=True, type=Path)
+    ev.add_argument("--data", required=True, help="folder or manifest of labelled clips")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    _model_args(ev, required=False)
+    ev.set_defaults(func=cmd_eval)
+
+    cl = sub.add_parser("classify", help="label audio files")
+    cl.add_argument("--classifier", required=True, type=Path)
+    cl.add_argument("audio", nargs="+", type=Path)
+    cl.add_argument("--json", action="store_true", help="print JSON")
+    _model_args(cl, required=False)
+    cl.set_defaults(func=cmd_classify)
+
+    hd = sub.add_parser("heads", help="heat map of head weights per class over (layer, head)")
+    hd.add_argument("--classifier", required=True, type=Path)
+    hd.add_argument("--out", required=True, type=Path, help="image file (.png, .svg, .pdf)")
+    hd.set_defaults(func=cmd_heads)
+
+    demo = sub.add_parser("demo", help="build a small dataset, fit, evaluate and classify, end to end")
+    demo.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "calm" / "demo")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.func(args))
+    except (CalmError, ValueError) as e:
+        log.error("%s", e, exc_info=args.verbose)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Metrics for CALM and the SAV baseline on the same features."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+
+from .classifier import UNKNOWN, CalmClassifier, Method
+
+
+def method_metrics(y_true: list[int], y_pred: list[int], labels: list[str]) -> dict[str, Any]:
+    idx = list(range(len(labels)))
+    report = classification_report(
+        y_true, y_pred, labels=idx, target_names=labels, output_dict=True, zero_division=0
+    )
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=idx, average="macro", zero_division=0)),
+        "per_class": {
+            name: {k: float(report[name][k]) for k in ("precision", "recall", "f1-score", "support")}
+            for name in labels
+        },
+        "confusion": confusion_matrix(y_true, y_pred, labels=idx).tolist(),
+    }
+
+
+def evaluate(clf: CalmClassifier, features: torch.Tensor, y_true: list[int]) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-class report and confusion matrix for CALM and SAV, plus abstention."""
+    result: dict[str, Any] = {"n": len(y_true), "labels": clf.labels}
+    methods: tuple[Method, ...] = ("calm", "sav")
+    for method in methods:
+        preds = clf.predict(features, method)
+        result[method] = method_metrics(y_true, [clf.labels.index(p.best) for p in preds], clf.labels)
+        if method == "calm" and clf.abstain_threshold is not None:
+            answered = [(p.label, y) for p, y in zip(preds, y_true) if p.label != UNKNOWN]
+            result["calm"]["abstain"] = {
+                "threshold": clf.abstain_threshold,
+                "coverage": len(answered) / max(1, len(preds)),
+                "selective_accuracy": (
+                    sum(clf.labels[y] == label for label, y in answered) / len(answered) if answered else None
+                ),
+            }
+    result["exit_layer"] = {"calm": clf.exit_layer, "sav": clf.sav_exit_layer}
+    return result
+
+
+def format_report(result: dict[str, Any]) -> str:
+    labels: list[str] = result["labels"]
+    width = max(12, *(len(x) for x in labels))
+    lines = [f"clips: {result['n']}", "", f"{'':<{width}} {'CALM':>8} {'SAV':>8}"]
+    for key, name in (("accuracy", "accuracy"), ("macro_f1", "macro-F1")):
+        lines.append(f"{name:<{width}} {result['calm'][key]:>8.3f} {result['sav'][key]:>8.3f}")
+    lines.append(f"{'exit layer':<{width}} {result['exit_layer']['calm']:>8} {result['exit_layer']['sav']:>8}")
+    if "abstain" in result["calm"]:
+        a = result["calm"]["abstain"]
+        sel = "n/a" if a["selective_accuracy"] is None else f"{a['selective_accuracy']:.3f}"
+        lines.append(f"CALM abstains below {a['threshold']:.4f}: coverage {a['coverage']:.3f}, accuracy when answering {sel}")
+    for method in ("calm", "sav"):
+        m = result[method]
+        lines += ["", f"{method.upper()} per class:", f"{'':<{width}} {'prec':>6} {'recall':>6} {'f1':>6} {'n':>5}"]
+        for name in labels:
+            r = m["per_class"][name]
+            lines.append(
+                f"{name:<{width}} {r['precision']:>6.3f} {r['recall']:>6.3f} {r['f1-score']:>6.3f} {int(r['support']):>5}"
+            )
+        lines += ["", f"{method.upper()} confusion (rows: true, columns: predicted):"]
+        short = [n[:6] for n in labels]
+        lines.append(" " * (width + 1) + " ".join(f"{s:>6}" for s in short))
+        for name, row in zip(labels, m["confusion"]):
+            lines.append(f"{name:<{width}} " + " ".join(f"{v:>6}" for v in row))
+    return "\n".join(lines)
