@@ -65,7 +65,9 @@ def prepare_clip(
         raise AudioError(f"{source}: {seconds:.3f} s is too short; clips must be at least {min_seconds} s")
     limit = int(max_seconds * SAMPLE_RATE)
     if mono.size > limit:
-        log.warning("%s: %.1f s is longer than %.0f s; using the first %.0f s", source, seconds, max_seconds, max_seconds)
+        log.warning(
+            "%s: %.1f s is longer than %.0f s; using the first %.0f s", source, seconds, max_seconds, max_seconds
+        )
         mono = mono[:limit]
     return np.ascontiguousarray(mono)
 

@@ -20,9 +20,7 @@ def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x, p=2.0, dim=-1, eps=1e-12)
 
 
-def _class_sums(
-    features: torch.Tensor, labels: torch.Tensor, n_classes: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _class_sums(features: torch.Tensor, labels: torch.Tensor, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     one_hot = F.one_hot(labels, n_classes).to(features.dtype)  # (N, C)
     sums = torch.einsum("nc,nkd->ckd", one_hot, features)  # (C, K, D)
     return sums, one_hot.sum(0)  # (C,)
@@ -43,9 +41,7 @@ def head_posteriors(queries: torch.Tensor, prototypes: torch.Tensor, tau: float)
     return torch.softmax(cos / tau, dim=-1)
 
 
-def loo_posteriors(
-    features: torch.Tensor, labels: torch.Tensor, n_classes: int, tau: float
-) -> torch.Tensor:
+def loo_posteriors(features: torch.Tensor, labels: torch.Tensor, n_classes: int, tau: float) -> torch.Tensor:
     """Leave-one-out head posteriors of the support clips themselves, (N, K, C).
 
     Each clip is scored against its own class prototype recomputed without it, so a

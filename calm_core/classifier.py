@@ -287,7 +287,9 @@ class CalmClassifier:
         if meta.get("format") != "calm-classifier":
             raise ValueError(f"format is {meta.get('format')!r}, expected 'calm-classifier'")
         if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"format_version {meta.get('format_version')!r} is not supported; this calm reads {FORMAT_VERSION}")
+            raise ValueError(
+                f"format_version {meta.get('format_version')!r} is not supported; this calm reads {FORMAT_VERSION}"
+            )
         known = {f.name for f in fields(CalmConfig)}
         unknown = set(meta["config"]) - known
         if unknown:
@@ -341,7 +343,5 @@ class CalmClassifier:
 def _flatten(features: torch.Tensor, layout: HeadLayout) -> torch.Tensor:
     """(N, L, H, D) -> (N, L * H, D), checking the grid against the layout."""
     if features.dim() != 4 or features.shape[2:] != (layout.n_heads, layout.head_dim):
-        raise ValueError(
-            f"features must be (N, L, {layout.n_heads}, {layout.head_dim}), got {tuple(features.shape)}"
-        )
+        raise ValueError(f"features must be (N, L, {layout.n_heads}, {layout.head_dim}), got {tuple(features.shape)}")
     return features.reshape(features.shape[0], -1, layout.head_dim).float()

@@ -8,13 +8,14 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .backbones import LoadOptions, load_backbone
 from .backbones.base import DTYPES, Backbone
-from .classifier import ABSTAIN_MODES, CalmClassifier, CalmConfig
 from .calm import SCHEMES
+from .classifier import ABSTAIN_MODES, CalmClassifier, CalmConfig
 from .errors import CalmError
 from .features import FeatureStore, default_cache_dir
 
@@ -118,7 +119,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     clf = CalmClassifier.load(args.classifier)
     clf, backbone = _load_classifier_and_backbone(args, clf.exit_layer)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for path in args.audio:
         t0 = time.perf_counter()
         clip = load_audio(path)
@@ -140,8 +141,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
                 "timing_ms": {"decode": (t1 - t0) * 1e3, "forward": (t2 - t1) * 1e3, "calm": (t3 - t2) * 1e3},
             }
         )
-    if args.json:
-        print(json.dumps(rows if len(rows) > 1 else rows[0]))
+    if args.json:  # one JSON object per line and file
+        print("\n".join(json.dumps(r) for r in rows))
     else:
         for r in rows:
             top = ", ".join(f"{t['label']} {t['score']:.3f}" for t in r["top3"])
@@ -185,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--tau-w", type=float, default=None, help="weight sharpening temperature")
     fit.add_argument("--top-k", type=int, default=d.top_k, help=f"heads per class, 0 for all (default {d.top_k})")
     fit.add_argument("--alpha", type=float, default=d.alpha, help="reliability shrinkage strength (default 0)")
-    fit.add_argument("--sav-heads", type=int, default=d.sav_heads, help=f"heads of the SAV baseline (default {d.sav_heads})")
+    fit.add_argument(
+        "--sav-heads", type=int, default=d.sav_heads, help=f"heads of the SAV baseline (default {d.sav_heads})"
+    )
     fit.add_argument("--max-layer", type=int, default=None, help="only use heads of layers 0..N (faster exit)")
     fit.add_argument("--abstain", choices=ABSTAIN_MODES, default=d.abstain, help="answer 'unknown' below a threshold")
     fit.add_argument("--abstain-keep", type=float, default=d.abstain_keep, help="share of correct answers kept")
@@ -201,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     cl = sub.add_parser("classify", help="label audio files")
     cl.add_argument("--classifier", required=True, type=Path)
     cl.add_argument("audio", nargs="+", type=Path)
-    cl.add_argument("--json", action="store_true", help="print JSON")
+    cl.add_argument("--json", action="store_true", help="print one JSON object per line and file")
     _model_args(cl, required=False)
     cl.set_defaults(func=cmd_classify)
 

@@ -12,15 +12,12 @@ from .classifier import UNKNOWN, CalmClassifier, Method
 
 def method_metrics(y_true: list[int], y_pred: list[int], labels: list[str]) -> dict[str, Any]:
     idx = list(range(len(labels)))
-    report = classification_report(
-        y_true, y_pred, labels=idx, target_names=labels, output_dict=True, zero_division=0
-    )
+    report = classification_report(y_true, y_pred, labels=idx, target_names=labels, output_dict=True, zero_division=0)
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_f1": float(f1_score(y_true, y_pred, labels=idx, average="macro", zero_division=0)),
         "per_class": {
-            name: {k: float(report[name][k]) for k in ("precision", "recall", "f1-score", "support")}
-            for name in labels
+            name: {k: float(report[name][k]) for k in ("precision", "recall", "f1-score", "support")} for name in labels
         },
         "confusion": confusion_matrix(y_true, y_pred, labels=idx).tolist(),
     }
@@ -56,14 +53,17 @@ def format_report(result: dict[str, Any]) -> str:
     if "abstain" in result["calm"]:
         a = result["calm"]["abstain"]
         sel = "n/a" if a["selective_accuracy"] is None else f"{a['selective_accuracy']:.3f}"
-        lines.append(f"CALM abstains below {a['threshold']:.4f}: coverage {a['coverage']:.3f}, accuracy when answering {sel}")
+        lines.append(
+            f"CALM abstains below {a['threshold']:.4f}: coverage {a['coverage']:.3f}, accuracy when answering {sel}"
+        )
     for method in ("calm", "sav"):
         m = result[method]
         lines += ["", f"{method.upper()} per class:", f"{'':<{width}} {'prec':>6} {'recall':>6} {'f1':>6} {'n':>5}"]
         for name in labels:
             r = m["per_class"][name]
             lines.append(
-                f"{name:<{width}} {r['precision']:>6.3f} {r['recall']:>6.3f} {r['f1-score']:>6.3f} {int(r['support']):>5}"
+                f"{name:<{width}} {r['precision']:>6.3f} {r['recall']:>6.3f} "
+                f"{r['f1-score']:>6.3f} {int(r['support']):>5}"
             )
         lines += ["", f"{method.upper()} confusion (rows: true, columns: predicted):"]
         short = [n[:6] for n in labels]

@@ -68,7 +68,7 @@ class FeatureStore:
     def extract(
         self, paths: Sequence[Path], exit_layer: int | None = None, *, progress: bool = True, desc: str = "features"
     ) -> torch.Tensor:
-        depth = (self.backbone.loaded_layers if exit_layer is None else exit_layer + 1)
+        depth = self.backbone.loaded_layers if exit_layer is None else exit_layer + 1
         out: list[torch.Tensor | None] = [None] * len(paths)
         entries = [self._entry(Path(p)) for p in paths]
         todo = []
@@ -80,7 +80,9 @@ class FeatureStore:
                 out[i] = cached
         self.hits += len(paths) - len(todo)
         self.misses += len(todo)
-        with tqdm(total=len(paths), initial=len(paths) - len(todo), desc=desc, unit="clip", disable=not progress) as bar:
+        with tqdm(
+            total=len(paths), initial=len(paths) - len(todo), desc=desc, unit="clip", disable=not progress
+        ) as bar:
             # Files of similar size share a batch, so little compute goes to padding.
             order = sorted(todo, key=lambda i: Path(paths[i]).stat().st_size)
             for start in range(0, len(order), self.batch_size):

@@ -93,4 +93,3 @@ def describe_mismatch(expected: Fingerprint, actual: Fingerprint) -> str:
             a, b = a[:12] + "…", b[:12] + "…"
         parts.append(f"{key}: classifier has {a!r}, model gives {b!r}")
     return "; ".join(parts)
-

@@ -1,6 +1,6 @@
 """Tiny random-weight models and synthetic audio for tests, demos and benchmarks; no download.
 
-    python -m calm_core.testing make-tiny-model DIR [--layers N] [--legacy-keys]
+python -m calm_core.testing make-tiny-model DIR [--layers N] [--legacy-keys]
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def make_tiny_qwen2_audio(
             "max_position_embeddings": 2048,
             "pad_token_id": tok.pad_token_id,
         },
-        audio_token_id=tok.convert_tokens_to_ids("<|AUDIO|>"),
+        audio_token_id=tok.convert_tokens_to_ids("<|AUDIO|>"),  # type: ignore[call-arg]
     )
     torch.manual_seed(seed)
     model = Qwen2AudioForConditionalGeneration(config).eval()
@@ -135,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("dir", type=Path)
     tiny.add_argument("--layers", type=int, default=4, help="decoder layers (default 4)")
     tiny.add_argument("--seed", type=int, default=0)
-    tiny.add_argument("--legacy-keys", action="store_true", help="store weights under the original checkpoint's key names")
+    tiny.add_argument(
+        "--legacy-keys", action="store_true", help="store weights under the original checkpoint's key names"
+    )
     args = parser.parse_args(argv)
     out = make_tiny_qwen2_audio(args.dir, n_layers=args.layers, seed=args.seed, legacy_keys=args.legacy_keys)
     print(json.dumps({"model_dir": str(out)}))

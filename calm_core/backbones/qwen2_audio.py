@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,9 +58,9 @@ def mel_valid_frames(feature_extractor: Any, clip: np.ndarray) -> tuple[torch.Te
         padded, padding = clip, "max_length"
     else:
         padded, padding = np.concatenate([clip, np.zeros(_MEL_TAIL, dtype=np.float32)]), "longest"
-    feats = feature_extractor(
-        padded, sampling_rate=16_000, padding=padding, truncation=True, return_tensors="pt"
-    )["input_features"][0]
+    feats = feature_extractor(padded, sampling_rate=16_000, padding=padding, truncation=True, return_tensors="pt")[
+        "input_features"
+    ][0]
     n_valid = min(-(-clip.size // feature_extractor.hop_length), feats.shape[-1])
     return feats[:, : _context_frames(n_valid)], n_valid
 
@@ -211,7 +211,8 @@ class Qwen2AudioBackbone:
         exit_layer = self.loaded_layers - 1 if exit_layer is None else exit_layer
         if not 0 <= exit_layer < self.loaded_layers:
             raise ValueError(
-                f"exit_layer {exit_layer} is outside the {self.loaded_layers} loaded layers (0..{self.loaded_layers - 1})"
+                f"exit_layer {exit_layer} is outside the {self.loaded_layers} loaded layers "
+                f"(0..{self.loaded_layers - 1})"
             )
         if not clips:
             return torch.empty(0, exit_layer + 1, self.layout.n_heads, self.layout.head_dim)

@@ -1,0 +1,140 @@
+"""The `calm` command as a real subprocess on the tiny model and a separable tone set."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def calm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "calm_core.cli", "-q", *args], capture_output=True, text=True, env=ENV, timeout=300
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"calm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_model_dir: Path, tone_sets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
+    work = tmp_path_factory.mktemp("cli")
+    out = work / "tones.safetensors"
+    cache = work / "cache"
+    proc = calm(
+        "fit",
+        "--model",
+        str(tiny_model_dir),
+        "--support",
+        str(tone_sets["support"]),
+        "--out",
+        str(out),
+        "--top-k",
+        "6",
+        "--cache-dir",
+        str(cache),
+    )
+    return out, cache, json.loads(proc.stdout)
+
+
+def test_fit_reports_leave_one_out_and_an_exit_layer(fitted) -> None:
+    out, _, summary = fitted
+    assert out.is_file()
+    assert summary["reliability"] == "leave-one-out" and summary["support"] == 20
+    assert 0 <= summary["exit_layer"] < summary["n_layers"] == 4
+    assert summary["cache"] == {"hits": 0, "misses": 20}
+
+
+def test_eval_json_shows_calm_and_sav_well_above_chance(fitted, tone_sets) -> None:
+    out, cache, _ = fitted
+    result = json.loads(
+        calm(
+            "eval", "--classifier", str(out), "--data", str(tone_sets["test"]), "--json", "--cache-dir", str(cache)
+        ).stdout
+    )
+    assert result["n"] == 20
+    assert result["calm"]["accuracy"] >= 0.6 and result["sav"]["accuracy"] >= 0.5  # chance is 0.25
+    assert len(result["calm"]["confusion"]) == 4 and sum(map(sum, result["sav"]["confusion"])) == 20
+
+
+def test_refit_reuses_cached_features(fitted, tiny_model_dir, tone_sets, tmp_path: Path) -> None:
+    _, cache, _ = fitted
+    proc = calm(
+        "fit",
+        "--model",
+        str(tiny_model_dir),
+        "--support",
+        str(tone_sets["support"]),
+        "--val",
+        str(tone_sets["val"]),
+        "--out",
+        str(tmp_path / "c.safetensors"),
+        "--scheme",
+        "prob_softmax",
+        "--cache-dir",
+        str(cache),
+    )
+    summary = json.loads(proc.stdout)
+    assert summary["cache"]["hits"] >= 20 and summary["reliability"] == "validation"
+
+
+def test_classify_json_gives_label_top3_and_exit_layer(fitted, tone_sets) -> None:
+    out, _, summary = fitted
+    files = sorted((tone_sets["test"] / "whistle").glob("*.wav"))[:2]
+    lines = calm("classify", "--classifier", str(out), "--json", *map(str, files)).stdout.splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert len(rows) == 2
+    for row in rows:
+        assert row["label"] in {"hum", "beep", "whistle", "siren"}
+        assert len(row["top3"]) == 3 and row["top3"][0]["label"] == row["label"]
+        assert row["exit_layer"] == summary["exit_layer"] and row["timing_ms"]["forward"] > 0
+
+
+def test_heads_writes_a_png(fitted, tmp_path: Path) -> None:
+    out, _, _ = fitted
+    png = tmp_path / "heads.png"
+    calm("heads", "--classifier", str(out), "--out", str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_wrong_model_is_refused_with_the_reason(fitted, tone_sets, tmp_path: Path) -> None:
+    from calm_core.testing import make_tiny_qwen2_audio
+
+    other = make_tiny_qwen2_audio(tmp_path / "other", seed=5)
+    out, _, _ = fitted
+    proc = calm(
+        "classify",
+        "--classifier",
+        str(out),
+        "--model",
+        str(other),
+        str(next((tone_sets["test"] / "hum").glob("*.wav"))),
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "built on other features" in proc.stderr and "weights" in proc.stderr
+
+
+def test_bad_audio_names_the_file(fitted, tmp_path: Path) -> None:
+    out, _, _ = fitted
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"RIFF1234WAVEjunk")
+    proc = calm("classify", "--classifier", str(out), str(bad), check=False)
+    assert proc.returncode == 2 and "broken.wav" in proc.stderr
+
+
+def test_make_tiny_model_module_entry(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "calm_core.testing", "make-tiny-model", str(tmp_path / "m"), "--layers", "3"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+        check=True,
+    )
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["model_dir"] == str(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["text_config"]["num_hidden_layers"] == 3
