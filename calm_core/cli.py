@@ -162,6 +162,40 @@ def cmd_heads(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_listen(args: argparse.Namespace) -> int:
+    try:
+        from daemon.client import Subscriber
+        from daemon.events import LabelEvent, StatusEvent
+    except ImportError as e:
+        raise CalmError(f"`calm listen` needs the daemon extra: pip install 'calm[daemon]' ({e})") from e
+
+    deadline = time.monotonic() + args.seconds if args.seconds else None
+    count = 0
+    with Subscriber(args.endpoint, args.stream or None, status=args.status, events=True) as sub:
+        while deadline is None or time.monotonic() < deadline:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            event = sub.receive(timeout_s=left if left is not None else 1.0)
+            if event is None:
+                continue
+            if args.json:
+                print(json.dumps(event.to_json()), flush=True)
+            elif isinstance(event, LabelEvent):
+                print(
+                    f"{event.end_utc} {event.stream:<12} {event.label:<16} score {event.score:.3f} "
+                    f"margin {event.margin:.3f} ({event.start_s:.1f}-{event.end_s:.1f} s, {event.latency_ms:.0f} ms)",
+                    flush=True,
+                )
+            elif isinstance(event, StatusEvent):
+                states = ", ".join(f"{k}: {v.state}" for k, v in event.streams.items())
+                print(f"{event.time_utc} status: {states}; queue {event.queue_depth}", flush=True)
+            else:
+                print(f"{event.time_utc} {event.stream:<12} {event.kind} {event.label}", flush=True)
+            count += 1
+            if args.count and count >= args.count:
+                break
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -212,6 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
     hd.add_argument("--classifier", required=True, type=Path)
     hd.add_argument("--out", required=True, type=Path, help="image file (.png, .svg, .pdf)")
     hd.set_defaults(func=cmd_heads)
+
+    li = sub.add_parser("listen", help="print labels published by calmd")
+    li.add_argument("--endpoint", default="tcp://127.0.0.1:5556")
+    li.add_argument("--stream", action="append", help="only this stream (repeatable)")
+    li.add_argument("--json", action="store_true", help="one JSON message per line")
+    li.add_argument("--status", action="store_true", help="also print heartbeats")
+    li.add_argument("--count", type=int, default=0, help="exit after this many messages")
+    li.add_argument("--seconds", type=float, default=0, help="exit after this long")
+    li.set_defaults(func=cmd_listen)
 
     demo = sub.add_parser("demo", help="build a small dataset, fit, evaluate and classify, end to end")
     demo.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "calm" / "demo")

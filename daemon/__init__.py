@@ -1,0 +1,1 @@
+"""calmd: capture, segment, classify with calm_core, publish over ZeroMQ."""

@@ -1,0 +1,185 @@
+"""calmd configuration: TOML, validated once at start; unknown keys and bad values name the key."""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from calm_core.errors import CalmError
+
+
+class ConfigError(CalmError, ValueError):
+    """A configuration file or flag that calmd cannot run with."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(_Section):
+    path: str  # model folder, or a hub id already in the local cache
+    classifier: Path
+    device: str = "cpu"
+    dtype: Literal["fp32", "fp16", "bf16", "nf4"] | None = None  # None: nf4 on CUDA, fp32 on CPU
+
+
+class InferenceSection(_Section):
+    batch_size: Annotated[int, Field(ge=1, le=256)] = 4
+    queue_size: Annotated[int, Field(ge=1, le=100_000)] = 64
+    max_consecutive_failures: Annotated[int, Field(ge=1)] = 5  # then exit non-zero so systemd restarts
+    drain_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0  # SIGTERM: finish queued work within this
+
+
+class PublishSection(_Section):
+    endpoint: str = "tcp://127.0.0.1:5556"
+    heartbeat_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    send_hwm: Annotated[int, Field(ge=1)] = 1000  # per-subscriber queue; a slow subscriber loses past this
+    curve_secret_key: Path | None = None  # server key pair (zmq.auth certificate file)
+    curve_allowed_keys: Path | None = None  # folder of client public certificates
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("tcp", "ipc", "inproc"):
+            raise ValueError(f"{v!r}: scheme must be tcp://, ipc:// or inproc://")
+        if parts.scheme == "tcp":
+            if parts.port is None:
+                raise ValueError(f"{v!r}: tcp endpoints need a port, e.g. tcp://127.0.0.1:5556")
+        return v
+
+    @model_validator(mode="after")
+    def _curve_pair(self) -> PublishSection:
+        if (self.curve_secret_key is None) != (self.curve_allowed_keys is None):
+            raise ValueError("curve_secret_key and curve_allowed_keys must be set together")
+        return self
+
+
+class MetricsSection(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 9108
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        ipaddress.ip_address(v)
+        return v
+
+
+class VadSection(_Section):
+    mode: Literal["webrtc", "none"] = "webrtc"
+    aggressiveness: Annotated[int, Field(ge=0, le=3)] = 2
+    frame_ms: Literal[10, 20, 30] = 30
+    pre_roll_ms: Annotated[int, Field(ge=0, le=5000)] = 300
+    hangover_ms: Annotated[int, Field(ge=0, le=10_000)] = 400
+    min_segment_s: Annotated[float, Field(ge=0.1, le=30)] = 0.5
+    max_segment_s: Annotated[float, Field(gt=0, le=30)] = 10.0
+    overlap_s: Annotated[float, Field(ge=0)] = 0.0
+    energy_gate_dbfs: Annotated[float, Field(le=0)] | None = None  # frames quieter than this are never voiced
+    window_s: Annotated[float, Field(ge=0.1, le=30)] = 2.0  # mode "none": fixed windows
+    hop_s: Annotated[float, Field(gt=0, le=30)] = 2.0
+
+    @model_validator(mode="after")
+    def _lengths(self) -> VadSection:
+        if self.min_segment_s > self.max_segment_s:
+            raise ValueError(f"min_segment_s ({self.min_segment_s}) must not exceed max_segment_s ({self.max_segment_s})")
+        if self.hop_s > self.window_s:
+            raise ValueError(f"hop_s ({self.hop_s}) must not exceed window_s ({self.window_s})")
+        if self.overlap_s >= self.max_segment_s:
+            raise ValueError(f"overlap_s ({self.overlap_s}) must be shorter than max_segment_s ({self.max_segment_s})")
+        return self
+
+
+class EventsSection(_Section):
+    enabled: bool = False  # also publish label start/end events on calm.event.<stream>
+    end_after_s: Annotated[float, Field(gt=0)] = 3.0
+
+
+class StreamSection(_Section):
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    type: Literal["file", "rtsp", "mic", "stdin"]
+    path: Path | None = None  # file
+    loop: bool = False  # file: start again at the end
+    realtime: bool = True  # file: pace at real time (false: as fast as the model takes it)
+    url: str | None = None  # rtsp
+    transport: Literal["tcp", "udp"] = "tcp"  # rtsp
+    device: str | int | None = None  # mic: name or index (None: the default input)
+    sample_rate: Annotated[int, Field(ge=8000, le=192_000)] | None = None  # stdin: raw s16le rate; mic: force
+    channels: Annotated[int, Field(ge=1, le=32)] = 1  # stdin
+    stall_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    backoff_initial_s: Annotated[float, Field(gt=0)] = 1.0
+    backoff_max_s: Annotated[float, Field(gt=0)] = 60.0
+
+    @model_validator(mode="after")
+    def _per_type(self) -> StreamSection:
+        need = {"file": "path", "rtsp": "url"}.get(self.type)
+        if need and getattr(self, need) is None:
+            raise ValueError(f"stream {self.id!r} of type {self.type!r} needs `{need}`")
+        if self.type == "rtsp" and self.url is not None:
+            parts = urlsplit(self.url)
+            if parts.scheme not in ("rtsp", "rtsps") or not parts.hostname:
+                raise ValueError(f"stream {self.id!r}: url {self.url!r} must look like rtsp://host[:port]/path")
+        if self.type == "stdin" and self.sample_rate is None:
+            raise ValueError(f"stream {self.id!r} of type 'stdin' needs `sample_rate` of its raw s16le input")
+        if self.backoff_initial_s > self.backoff_max_s:
+            raise ValueError(f"stream {self.id!r}: backoff_initial_s must not exceed backoff_max_s")
+        return self
+
+
+class DaemonConfig(_Section):
+    model: ModelSection
+    inference: InferenceSection = InferenceSection()
+    publish: PublishSection = PublishSection()
+    metrics: MetricsSection = MetricsSection()
+    vad: VadSection = VadSection()
+    events: EventsSection = EventsSection()
+    streams: Annotated[list[StreamSection], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> DaemonConfig:
+        ids = [s.id for s in self.streams]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"stream ids must be unique; repeated: {dupes}")
+        if sum(s.type == "stdin" for s in self.streams) > 1:
+            raise ValueError("at most one stream can read stdin")
+        return self
+
+
+def _format(error: ValidationError, source: str) -> str:
+    lines = []
+    for e in error.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<top level>"
+        value = e.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {key}: {msg}{shown}")
+    return f"{source}: invalid configuration\n" + "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> DaemonConfig:
+    try:
+        return DaemonConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format(e, source)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> DaemonConfig:
+    """Read and validate a TOML file; overrides are dotted keys ("model.device") from the command line."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        data.setdefault(section, {})[key] = value
+    return parse_config(data, str(path))

@@ -1,0 +1,153 @@
+"""The messages calmd publishes: small typed objects, serialised and parsed in one place.
+
+Every ZeroMQ message is two frames: the topic (UTF-8) and one JSON object. Topics:
+calm.label.<stream> (LabelEvent), calm.event.<stream> (EdgeEvent), calm.status (StatusEvent).
+The JSON Schemas in daemon/schemas/ document each message; tests validate every message.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, ClassVar
+
+LABEL_TOPIC = "calm.label."
+EVENT_TOPIC = "calm.event."
+STATUS_TOPIC = "calm.status"
+
+
+def utc_iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Scored:
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class LabelEvent:
+    """One classified segment."""
+
+    SCHEMA: ClassVar[str] = "calm.label/1"
+    stream: str
+    seq: int  # per stream, from 0, +1 per label: a gap means messages were lost
+    start_s: float  # segment start in stream time (seconds since the stream first delivered audio)
+    end_s: float
+    start_utc: str
+    end_utc: str
+    label: str  # "unknown" when the classifier abstains
+    best: str  # best class even when abstaining
+    score: float
+    margin: float
+    top: list[Scored]
+    unknown: bool
+    classifier: str
+    fingerprint: str
+    exit_layer: int
+    latency_ms: float  # from segment end to publish
+
+    @property
+    def topic(self) -> str:
+        return LABEL_TOPIC + self.stream
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": self.SCHEMA, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LabelEvent:
+        _check_schema(data, cls.SCHEMA)
+        fields = {k: v for k, v in data.items() if k != "schema"}
+        fields["top"] = [Scored(**t) for t in fields["top"]]
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
+class EdgeEvent:
+    """Debounced label changes: `start` when a label appears, `end` after it has been absent a while."""
+
+    SCHEMA: ClassVar[str] = "calm.event/1"
+    stream: str
+    seq: int
+    kind: str  # "start" | "end"
+    label: str
+    time_s: float
+    time_utc: str
+
+    @property
+    def topic(self) -> str:
+        return EVENT_TOPIC + self.stream
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": self.SCHEMA, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EdgeEvent:
+        _check_schema(data, cls.SCHEMA)
+        return cls(**{k: v for k, v in data.items() if k != "schema"})
+
+
+@dataclass(frozen=True)
+class StreamStatus:
+    state: str  # connecting | live | backoff | failed | finished | stopped
+    segments: int
+    dropped: int
+    failed: int
+    reconnects: int
+    audio_s: float
+    rtf: float | None  # model seconds per audio second for this stream's segments
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class StatusEvent:
+    """Heartbeat: a quiet room still sends these; a dead daemon does not."""
+
+    SCHEMA: ClassVar[str] = "calm.status/1"
+    seq: int
+    time_utc: str
+    uptime_s: float
+    queue_depth: int
+    classifier: str
+    fingerprint: str
+    exit_layer: int
+    streams: dict[str, StreamStatus] = field(default_factory=dict)
+    error: str | None = None
+
+    topic: ClassVar[str] = STATUS_TOPIC
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": self.SCHEMA, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StatusEvent:
+        _check_schema(data, cls.SCHEMA)
+        fields = {k: v for k, v in data.items() if k != "schema"}
+        fields["streams"] = {k: StreamStatus(**v) for k, v in fields["streams"].items()}
+        return cls(**fields)
+
+
+Event = LabelEvent | EdgeEvent | StatusEvent
+
+
+def encode(event: Event) -> list[bytes]:
+    return [event.topic.encode(), json.dumps(event.to_json(), separators=(",", ":")).encode()]
+
+
+def decode(frames: list[bytes]) -> Event:
+    """Parse a two-frame message into its typed event; ValueError for anything else."""
+    if len(frames) != 2:
+        raise ValueError(f"expected 2 frames [topic, json], got {len(frames)}")
+    data = json.loads(frames[1])
+    schema = data.get("schema", "") if isinstance(data, dict) else ""
+    for cls in (LabelEvent, EdgeEvent, StatusEvent):
+        if schema == cls.SCHEMA:
+            return cls.from_json(data)  # type: ignore[attr-defined,no-any-return]
+    raise ValueError(f"unknown message schema {schema!r}")
+
+
+def _check_schema(data: dict[str, Any], expected: str) -> None:
+    if data.get("schema") != expected:
+        raise ValueError(f"schema is {data.get('schema')!r}, expected {expected!r}")

@@ -1,0 +1,354 @@
+"""calmd's pipeline: sources -> segmenters -> bounded queue -> one model worker -> publisher."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from calm_core.backbones import LoadOptions, load_backbone
+from calm_core.backbones.base import Backbone
+from calm_core.classifier import UNKNOWN, CalmClassifier
+from calm_core.errors import CalmError
+
+from .config import DaemonConfig
+from .events import EdgeEvent, LabelEvent, Scored, StatusEvent, StreamStatus, utc_iso
+from .metrics import Metrics
+from .publisher import Publisher
+from .segmenter import Segment, Segmenter
+from .sources import Source, make_source
+
+log = logging.getLogger("calmd")
+
+
+@dataclass
+class Queued:
+    segment: Segment
+    end_wall: float  # wall clock when the segment's last sample arrived
+
+
+@dataclass
+class StreamStats:
+    state: str = "connecting"
+    segments: int = 0
+    dropped: int = 0
+    failed: int = 0
+    audio_s: float = 0.0
+    model_s: float = 0.0
+    last_error: str | None = None
+    t0_wall: float | None = None  # wall clock of the stream's first sample
+    seq: int = 0
+    event_seq: int = 0
+    active_label: str | None = None
+    last_seen_s: float = 0.0
+
+
+class SegmentQueue:
+    """Bounded FIFO; when full, the oldest segment is dropped and counted against its stream."""
+
+    def __init__(self, size: int, on_drop: Any):
+        self.items: deque[Queued] = deque()
+        self.size = size
+        self.cond = threading.Condition()
+        self.on_drop = on_drop
+
+    def put(self, item: Queued) -> None:
+        with self.cond:
+            if len(self.items) >= self.size:
+                self.on_drop(self.items.popleft())
+            self.items.append(item)
+            self.cond.notify()
+
+    def get_batch(self, n: int, timeout: float) -> list[Queued]:
+        with self.cond:
+            if not self.items:
+                self.cond.wait(timeout)
+            return [self.items.popleft() for _ in range(min(n, len(self.items)))]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@dataclass
+class Model:
+    """A backbone and the classifier that reads it: swapped as one on reload."""
+
+    backbone: Backbone
+    classifier: CalmClassifier
+    name: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Service:
+    def __init__(self, cfg: DaemonConfig, metrics: Metrics | None = None):
+        self.cfg = cfg
+        self.metrics = metrics or Metrics()
+        self.started = time.monotonic()
+        self.stats = {s.id: StreamStats() for s in cfg.streams}
+        self.stats_lock = threading.Lock()
+        self.queue = SegmentQueue(cfg.inference.queue_size, self._dropped)
+        self.model = self._load_model(cfg.model.classifier.as_posix())
+        self.publisher = Publisher(cfg.publish)
+        self.segmenters = {s.id: Segmenter(s.id, cfg.vad) for s in cfg.streams}
+        self.sources: list[Source] = []
+        self.stopping = threading.Event()
+        self.worker_beat = time.monotonic()  # the watchdog pings only while this moves
+        self.consecutive_failures = 0
+        self.fatal: str | None = None
+        self.error: str | None = None
+        self.status_seq = 0
+        self.worker = threading.Thread(target=self._work, name="model-worker", daemon=True)
+        self.heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+
+    # ---- model -------------------------------------------------------------------------------
+    def _load_model(self, classifier_path: str, backbone: Backbone | None = None) -> Model:
+        clf = CalmClassifier.load(classifier_path)
+        if backbone is None:
+            m = self.cfg.model
+            dtype = m.dtype or ("nf4" if m.device.startswith("cuda") else "fp32")
+            options = LoadOptions(device=m.device, dtype=dtype, load_layers=clf.exit_layer + 1)  # type: ignore[arg-type]
+            backbone = load_backbone(m.path, options)
+        clf.check_features(backbone.fingerprint, self.cfg.model.path)
+        if clf.exit_layer >= backbone.loaded_layers:
+            raise CalmError(
+                f"{classifier_path}: needs layers up to {clf.exit_layer}, but only {backbone.loaded_layers} are "
+                "loaded; restart calmd to load more"
+            )
+        from pathlib import Path
+
+        return Model(backbone, clf, Path(classifier_path).name.split(".")[0])
+
+    def reload(self) -> bool:
+        """SIGHUP: load and check the classifier file again; the old one stays if the new one is refused."""
+        path = self.cfg.model.classifier.as_posix()
+        try:
+            new = self._load_model(path, self.model.backbone)
+        except (CalmError, OSError, ValueError) as e:
+            self.error = f"reload refused: {e}"
+            log.error("%s", self.error)
+            self.publish_status()
+            return False
+        with self.model.lock:
+            self.model = new
+        self.error = None
+        log.info("reloaded %s (exit layer %d)", path, new.classifier.exit_layer)
+        self.publish_status()
+        return True
+
+    # ---- capture -----------------------------------------------------------------------------
+    def start(self) -> None:
+        for s in self.cfg.streams:
+            source = make_source(s, self._sink(s.id), self._state_cb(s.id))
+            self.sources.append(source)
+        self.worker.start()
+        self.heartbeat.start()
+        for source in self.sources:
+            source.start()
+
+    def _sink(self, stream: str) -> Any:
+        segmenter = self.segmenters[stream]
+        stats = self.stats[stream]
+
+        def sink(chunk: np.ndarray) -> None:
+            now = time.time()
+            if stats.t0_wall is None:
+                stats.t0_wall = now
+            stats.audio_s += chunk.size / 16_000
+            t = time.perf_counter()
+            segments = list(segmenter.feed(chunk))
+            self.metrics.vad_seconds.observe(time.perf_counter() - t)
+            for seg in segments:
+                self._enqueue(seg, now)
+
+        return sink
+
+    def _enqueue(self, seg: Segment, end_wall: float) -> None:
+        with self.stats_lock:
+            self.stats[seg.stream].segments += 1
+        self.metrics.segments.labels(seg.stream).inc()
+        self.queue.put(Queued(seg, end_wall))
+        self.metrics.queue_depth.set(len(self.queue))
+
+    def _state_cb(self, stream: str) -> Any:
+        def on_state(state: str, error: str | None) -> None:
+            stats = self.stats[stream]
+            if state == "finished":
+                for seg in self.segmenters[stream].flush():
+                    self._enqueue(seg, time.time())
+            if state == "backoff":
+                self.metrics.reconnects.labels(stream).inc()
+            stats.state = state
+            if error is not None:
+                stats.last_error = error
+            self.metrics.set_state(stream, state)
+            log.debug("stream %s: %s%s", stream, state, f" ({error})" if error else "")
+
+        return on_state
+
+    def _dropped(self, item: Queued) -> None:
+        with self.stats_lock:
+            self.stats[item.segment.stream].dropped += 1
+        self.metrics.dropped.labels(item.segment.stream).inc()
+        log.debug("dropped segment %s@%.2f: queue full", item.segment.stream, item.segment.start_s)
+
+    # ---- inference -----------------------------------------------------------------------------
+    def _work(self) -> None:
+        while not (self.stopping.is_set() and len(self.queue) == 0):
+            self.worker_beat = time.monotonic()
+            batch = self.queue.get_batch(self.cfg.inference.batch_size, timeout=0.2)
+            self.metrics.queue_depth.set(len(self.queue))
+            if batch:
+                self._classify(batch)
+            if self.fatal:
+                return
+
+    def _classify(self, batch: list[Queued]) -> None:
+        with self.model.lock:
+            model = self.model
+        clf = model.classifier
+        t = time.perf_counter()
+        try:
+            feats = model.backbone.head_activations([q.segment.samples for q in batch], exit_layer=clf.exit_layer)
+        except torch.cuda.OutOfMemoryError:
+            if len(batch) > 1:
+                log.warning("CUDA out of memory on a batch of %d; retrying in halves", len(batch))
+                torch.cuda.empty_cache()
+                half = len(batch) // 2
+                self._classify(batch[:half])
+                self._classify(batch[half:])
+            else:
+                self._failed(batch, "CUDA out of memory on a single segment")
+            return
+        except (RuntimeError, ValueError) as e:
+            self._failed(batch, f"{e.__class__.__name__}: {e}")
+            return
+        elapsed = time.perf_counter() - t
+        self.metrics.inference_seconds.observe(elapsed)
+        self.consecutive_failures = 0
+        for q, pred in zip(batch, clf.predict(feats)):
+            self._publish_label(q, pred, model, elapsed * q.segment.samples.size / sum(x.segment.samples.size for x in batch))
+
+    def _failed(self, batch: list[Queued], reason: str) -> None:
+        self.consecutive_failures += 1
+        for q in batch:
+            with self.stats_lock:
+                self.stats[q.segment.stream].failed += 1
+            self.metrics.failed.labels(q.segment.stream).inc()
+        log.error("inference failed for %d segment(s): %s", len(batch), reason)
+        if self.consecutive_failures >= self.cfg.inference.max_consecutive_failures:
+            self.fatal = f"{self.consecutive_failures} consecutive inference failures; last: {reason}"
+            log.critical("%s", self.fatal)
+            self.stopping.set()
+
+    def _publish_label(self, q: Queued, pred: Any, model: Model, model_s: float) -> None:
+        seg = q.segment
+        stats = self.stats[seg.stream]
+        t0 = stats.t0_wall or q.end_wall
+        now = time.time()
+        with self.stats_lock:
+            seq = stats.seq
+            stats.seq += 1
+            stats.model_s += model_s
+        event = LabelEvent(
+            stream=seg.stream,
+            seq=seq,
+            start_s=round(seg.start_s, 3),
+            end_s=round(seg.end_s, 3),
+            start_utc=utc_iso(t0 + seg.start_s),
+            end_utc=utc_iso(t0 + seg.end_s),
+            label=pred.label,
+            best=pred.best,
+            score=pred.score,
+            margin=pred.margin,
+            top=[Scored(k, v) for k, v in pred.top(3)],
+            unknown=pred.label == UNKNOWN,
+            classifier=model.name,
+            fingerprint=model.classifier.fingerprint.digest,
+            exit_layer=model.classifier.exit_layer,
+            latency_ms=max(0.0, (now - q.end_wall) * 1e3),
+        )
+        self.publisher.publish(event)
+        self.metrics.labels.labels(seg.stream, pred.label).inc()
+        self.metrics.latency_seconds.observe(max(0.0, now - q.end_wall))
+        log.debug("%s %.2f-%.2f s: %s (%.3f)", seg.stream, seg.start_s, seg.end_s, pred.label, pred.score)
+        if self.cfg.events.enabled:
+            self._edges(stats, seg, pred.label, t0)
+
+    def _edges(self, stats: StreamStats, seg: Segment, label: str, t0: float) -> None:
+        def emit(kind: str, name: str, at: float) -> None:
+            self.publisher.publish(EdgeEvent(seg.stream, stats.event_seq, kind, name, round(at, 3), utc_iso(t0 + at)))
+            stats.event_seq += 1
+
+        gap = self.cfg.events.end_after_s
+        if stats.active_label is not None and (
+            seg.start_s - stats.last_seen_s > gap or (label not in (stats.active_label, UNKNOWN))
+        ):
+            emit("end", stats.active_label, stats.last_seen_s)
+            stats.active_label = None
+        if label != UNKNOWN:
+            if stats.active_label is None:
+                emit("start", label, seg.start_s)
+                stats.active_label = label
+            stats.last_seen_s = seg.end_s
+
+    # ---- status and shutdown -----------------------------------------------------------------
+    def status(self) -> StatusEvent:
+        sources = {s.cfg.id: s for s in self.sources}
+        streams = {}
+        for sid, st in self.stats.items():
+            streams[sid] = StreamStatus(
+                state=st.state,
+                segments=st.segments,
+                dropped=st.dropped,
+                failed=st.failed,
+                reconnects=sources[sid].reconnects if sid in sources else 0,
+                audio_s=round(st.audio_s, 3),
+                rtf=round(st.model_s / st.audio_s, 4) if st.audio_s > 0 else None,
+                last_error=st.last_error,
+            )
+        clf = self.model.classifier
+        seq = self.status_seq
+        self.status_seq += 1
+        return StatusEvent(
+            seq=seq,
+            time_utc=utc_iso(time.time()),
+            uptime_s=round(time.monotonic() - self.started, 3),
+            queue_depth=len(self.queue),
+            classifier=self.model.name,
+            fingerprint=clf.fingerprint.digest,
+            exit_layer=clf.exit_layer,
+            streams=streams,
+            error=self.fatal or self.error,
+        )
+
+    def publish_status(self) -> None:
+        self.publisher.publish(self.status())
+
+    def _beat(self) -> None:
+        while not self.stopping.wait(self.cfg.publish.heartbeat_s):
+            self.publish_status()
+
+    def worker_alive(self, within_s: float) -> bool:
+        return self.worker.is_alive() and time.monotonic() - self.worker_beat < within_s
+
+    def all_finished(self) -> bool:
+        return all(s.state in ("finished", "stopped") for s in self.stats.values()) and len(self.queue) == 0
+
+    def stop(self, drain_timeout_s: float) -> None:
+        """Stop capture, finish what is queued within the bound, publish a last status, close."""
+        for source in self.sources:
+            source.stop()
+        self.stopping.set()
+        self.worker.join(drain_timeout_s)
+        left = len(self.queue)
+        if self.worker.is_alive() or left:
+            log.warning("stopped with %d segment(s) unclassified after %.1f s", left, drain_timeout_s)
+        self.publish_status()
+        time.sleep(0.1)  # let the last messages leave before the socket closes
+        self.publisher.close()

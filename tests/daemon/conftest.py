@@ -1,0 +1,120 @@
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+SCHEMAS = Path(__file__).resolve().parents[2] / "daemon" / "schemas"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def classifier_file(tiny_model_dir: Path, tone_sets: dict[str, Path], tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("clf") / "tones.calm.safetensors"
+    subprocess.run(
+        [sys.executable, "-m", "calm_core.cli", "-q", "fit", "--model", str(tiny_model_dir),
+         "--support", str(tone_sets["support"]), "--out", str(out), "--top-k", "6", "--no-cache"],
+        check=True, capture_output=True, env=ENV, timeout=300,
+    )  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="session")
+def scene_wav(tmp_path_factory) -> Path:
+    """Voice-like sounds separated by silence: 4 events a VAD must find, at 1, 4, 7 and 10 s, 12 s in all."""
+    from calm_core.testing import voiced
+
+    parts = []
+    for f0 in (140.0, 280.0, 140.0, 520.0):
+        parts += [np.zeros(16000, dtype=np.float32), voiced(f0, 1.0), np.zeros(16000, dtype=np.float32)]
+    path = tmp_path_factory.mktemp("audio") / "scene.wav"
+    sf.write(path, np.concatenate(parts), 16000, subtype="PCM_16")
+    return path
+
+
+def write_config(path: Path, model: Path, classifier: Path, streams: str, extra: str = "") -> Path:
+    path.write_text(
+        f"""
+[model]
+path = "{model}"
+classifier = "{classifier}"
+device = "cpu"
+
+[publish]
+endpoint = "tcp://127.0.0.1:{free_port()}"
+heartbeat_s = 0.5
+
+[metrics]
+port = {free_port()}
+
+[vad]
+mode = "webrtc"
+aggressiveness = 1
+min_segment_s = 0.3
+{extra}
+{streams}
+"""
+    )
+    return path
+
+
+def endpoint_of(config: Path) -> str:
+    import tomllib
+
+    return tomllib.loads(config.read_text())["publish"]["endpoint"]
+
+
+def schema(name: str) -> dict:
+    return json.loads((SCHEMAS / f"{name}.schema.json").read_text())
+
+
+class Daemon:
+    def __init__(self, config: Path, *args: str):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon", "--config", str(config), "--log-level", "debug", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV, text=True,
+        )  # fmt: skip
+
+    def stop(self, timeout: float = 30) -> tuple[int, str]:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, out
+
+
+@pytest.fixture
+def daemon_factory():
+    started: list[Daemon] = []
+
+    def start(config: Path, *args: str) -> Daemon:
+        d = Daemon(config, *args)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.communicate(timeout=10)
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return None
