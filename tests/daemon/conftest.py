@@ -81,10 +81,10 @@ def schema(name: str) -> dict:
 
 
 class Daemon:
-    def __init__(self, config: Path, *args: str):
+    def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "daemon", "--config", str(config), "--log-level", "debug", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**ENV, **(env or {})}, text=True,
         )  # fmt: skip
 
     def stop(self, timeout: float = 30) -> tuple[int, str]:
@@ -98,8 +98,8 @@ class Daemon:
 def daemon_factory():
     started: list[Daemon] = []
 
-    def start(config: Path, *args: str) -> Daemon:
-        d = Daemon(config, *args)
+    def start(config: Path, *args: str, env: dict[str, str] | None = None) -> Daemon:
+        d = Daemon(config, *args, env=env)
         started.append(d)
         return d
 

@@ -1,0 +1,149 @@
+"""Real capture: an RTSP server on 127.0.0.1 killed and restarted mid-stream, and a PulseAudio microphone."""
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from daemon.client import Subscriber
+from daemon.events import LabelEvent, StatusEvent
+
+from .conftest import endpoint_of, free_port, write_config
+
+SERVER = Path(__file__).parent / "servers" / "rtsp_server.py"
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def _gst_rtsp_available() -> bool:
+    if not (os.path.exists(SYSTEM_PYTHON) and shutil.which("ffmpeg")):
+        return False
+    probe = "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer"
+    return subprocess.run([SYSTEM_PYTHON, "-c", probe], capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def speech_like_wav(tmp_path_factory) -> Path:
+    from calm_core.testing import voiced
+
+    one = np.concatenate([np.zeros(8000, np.float32), voiced(140.0, 1.0), np.zeros(8000, np.float32)])
+    path = tmp_path_factory.mktemp("rtsp") / "loop.wav"
+    sf.write(path, np.tile(one, 3), 16000, subtype="PCM_16")
+    return path
+
+
+class RtspServer:
+    def __init__(self, port: int, wav: Path):
+        self.proc = subprocess.Popen([SYSTEM_PYTHON, str(SERVER), str(port), str(wav)], stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline().strip()  # type: ignore[union-attr]
+        assert line == "READY", f"RTSP server did not start: {line!r}"
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+def collect(sub: Subscriber, seconds: float, until=None) -> list:
+    out, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        event = sub.receive(timeout_s=0.2)
+        if event is not None:
+            out.append(event)
+            if until is not None and until(out):
+                break
+    return out
+
+
+def labels_of(events: list, stream: str) -> list[LabelEvent]:
+    return [e for e in events if isinstance(e, LabelEvent) and e.stream == stream]
+
+
+def states_of(events: list, stream: str) -> list[str]:
+    return [e.streams[stream].state for e in events if isinstance(e, StatusEvent)]
+
+
+@pytest.mark.skipif(not _gst_rtsp_available(), reason="needs ffmpeg and GStreamer's RTSP server for python3-gi (Debian)")
+def test_rtsp_reconnects_after_server_restart_while_other_stream_continues(
+    tmp_path: Path, tiny_model_dir, classifier_file, speech_like_wav, scene_wav, daemon_factory
+) -> None:
+    port = free_port()
+    streams = f"""
+[[streams]]
+id = "cam"
+type = "rtsp"
+url = "rtsp://127.0.0.1:{port}/audio"
+stall_timeout_s = 2.0
+backoff_initial_s = 0.3
+backoff_max_s = 1.0
+
+[[streams]]
+id = "file"
+type = "file"
+path = "{scene_wav}"
+loop = true
+"""
+    config = write_config(tmp_path / "calmd.toml", tiny_model_dir, classifier_file, streams)
+    server = RtspServer(port, speech_like_wav)
+    try:
+        with Subscriber(endpoint_of(config)) as sub:
+            daemon = daemon_factory(config)
+            before = collect(sub, 60, until=lambda ev: len(labels_of(ev, "cam")) >= 2)
+            assert len(labels_of(before, "cam")) >= 2, daemon.stop()[1]
+            server.kill()
+            outage = collect(sub, 20, until=lambda ev: "backoff" in states_of(ev, "cam"))
+            assert "backoff" in states_of(outage, "cam")
+            during = collect(sub, 3)
+            server = RtspServer(port, speech_like_wav)
+            after = collect(sub, 60, until=lambda ev: len(labels_of(ev, "cam")) >= 2)
+            final = collect(sub, 2)
+            code, log = daemon.stop()
+    finally:
+        server.kill()
+    assert len(labels_of(after, "cam")) >= 2, log
+    assert labels_of(outage + during, "file"), "the file stream must go on while the camera is down"
+    seqs = [e.seq for e in labels_of(before + outage + during + after + final, "cam")]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    status = [e for e in after + final if isinstance(e, StatusEvent)][-1]
+    assert status.streams["cam"].reconnects >= 1 and status.streams["cam"].state == "live"
+    assert code == 0
+
+
+@pytest.fixture
+def pulse(tmp_path: Path):
+    if not (shutil.which("pulseaudio") and shutil.which("paplay")):
+        pytest.skip("needs pulseaudio and paplay (Debian: pulseaudio, pulseaudio-utils)")
+    runtime = tmp_path / "pulse-runtime"
+    runtime.mkdir(mode=0o700)
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime)}
+    subprocess.run(
+        ["pulseaudio", "--daemonize=yes", "--exit-idle-time=-1", "-n", "--load=module-native-protocol-unix",
+         "--load=module-null-sink sink_name=calmsink", "--use-pid-file=yes"],
+        env=env, check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    subprocess.run(["pactl", "set-default-source", "calmsink.monitor"], env=env, check=True, timeout=10)
+    yield env
+    subprocess.run(["pulseaudio", "--kill"], env=env, timeout=10)
+
+
+def test_microphone_through_pulseaudio(tmp_path: Path, tiny_model_dir, classifier_file, speech_like_wav, pulse, daemon_factory):
+    config = write_config(
+        tmp_path / "calmd.toml", tiny_model_dir, classifier_file, '[[streams]]\nid = "desk"\ntype = "mic"\ndevice = "pulse"\n'
+    )
+    player = subprocess.Popen(
+        ["sh", "-c", f'while true; do paplay --device=calmsink "{speech_like_wav}"; done'], env=pulse
+    )  # the "room": a file played into the null sink whose monitor is the capture device
+    try:
+        with Subscriber(endpoint_of(config), ["desk"]) as sub:
+            daemon = daemon_factory(config, env={"XDG_RUNTIME_DIR": pulse["XDG_RUNTIME_DIR"]})
+            events = collect(sub, 60, until=lambda ev: len(labels_of(ev, "desk")) >= 2)
+            code, log = daemon.stop()
+    finally:
+        player.kill()
+    labels = labels_of(events, "desk")
+    assert len(labels) >= 2, log
+    assert all(0.5 <= e.end_s - e.start_s <= 3.0 for e in labels)
+    assert "live" in states_of(events, "desk") and code == 0
