@@ -262,16 +262,18 @@ class CalmClassifier:
 
     @classmethod
     def load(cls, path: str | Path) -> CalmClassifier:
+        """Read, validate and build. The file is read into memory (never memory-mapped), so
+        replacing it in place while a service runs cannot crash that service."""
         from safetensors import SafetensorError
-        from safetensors.torch import safe_open
+        from safetensors.torch import load as load_tensors
 
         path = Path(path)
         if not path.is_file():
             raise ClassifierFileError(f"{path}: no such classifier file")
         try:
-            with safe_open(str(path), framework="pt") as f:
-                header = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
+            data = path.read_bytes()
+            tensors = load_tensors(data)
+            header = _safetensors_metadata(data)
         except (SafetensorError, OSError, ValueError) as e:
             raise ClassifierFileError(f"{path}: not a calm classifier file (safetensors: {e})") from e
         try:
@@ -338,6 +340,16 @@ class CalmClassifier:
             abstain_threshold=None if threshold is None else float(threshold),
             info=dict(meta.get("info", {})),
         )
+
+
+def _safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The string map in a safetensors header (the tensors themselves were validated by safetensors)."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise ValueError("__metadata__ must map strings to strings")
+    return meta
 
 
 def _flatten(features: torch.Tensor, layout: HeadLayout) -> torch.Tensor:

@@ -50,7 +50,8 @@ class StreamStats:
 
 
 class SegmentQueue:
-    """Bounded FIFO; when full, the oldest segment is dropped and counted against its stream."""
+    """Bounded FIFO. Live sources never wait: when full, the oldest segment is dropped and counted.
+    Sources that can wait (a file replayed as fast as possible) block instead, so nothing is lost."""
 
     def __init__(self, size: int, on_drop: Any):
         self.items: deque[Queued] = deque()
@@ -58,18 +59,24 @@ class SegmentQueue:
         self.cond = threading.Condition()
         self.on_drop = on_drop
 
-    def put(self, item: Queued) -> None:
+    def put(self, item: Queued, *, wait: threading.Event | None = None) -> None:
+        """With wait, block while full until there is room or the event is set."""
         with self.cond:
+            while wait is not None and len(self.items) >= self.size and not wait.is_set():
+                self.cond.wait(0.1)
             if len(self.items) >= self.size:
                 self.on_drop(self.items.popleft())
             self.items.append(item)
-            self.cond.notify()
+            self.cond.notify_all()
 
     def get_batch(self, n: int, timeout: float) -> list[Queued]:
         with self.cond:
             if not self.items:
                 self.cond.wait(timeout)
-            return [self.items.popleft() for _ in range(min(n, len(self.items)))]
+            batch = [self.items.popleft() for _ in range(min(n, len(self.items)))]
+            if batch:
+                self.cond.notify_all()
+            return batch
 
     def __len__(self) -> int:
         return len(self.items)
@@ -154,6 +161,8 @@ class Service:
     def _sink(self, stream: str) -> Any:
         segmenter = self.segmenters[stream]
         stats = self.stats[stream]
+        cfg = next(s for s in self.cfg.streams if s.id == stream)
+        blocking = cfg.type == "file" and not cfg.realtime
 
         def sink(chunk: np.ndarray) -> None:
             now = time.time()
@@ -164,15 +173,15 @@ class Service:
             segments = list(segmenter.feed(chunk))
             self.metrics.vad_seconds.observe(time.perf_counter() - t)
             for seg in segments:
-                self._enqueue(seg, now)
+                self._enqueue(seg, now, blocking)
 
         return sink
 
-    def _enqueue(self, seg: Segment, end_wall: float) -> None:
+    def _enqueue(self, seg: Segment, end_wall: float, blocking: bool = False) -> None:
         with self.stats_lock:
             self.stats[seg.stream].segments += 1
         self.metrics.segments.labels(seg.stream).inc()
-        self.queue.put(Queued(seg, end_wall))
+        self.queue.put(Queued(seg, end_wall), wait=self.stopping if blocking else None)
         self.metrics.queue_depth.set(len(self.queue))
 
     def _state_cb(self, stream: str) -> Any:

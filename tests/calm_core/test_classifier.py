@@ -184,3 +184,13 @@ def test_missing_file_names_the_path(tmp_path: Path) -> None:
 def test_config_validation_names_the_key(bad: dict) -> None:
     with pytest.raises(ValueError, match=next(iter(bad))):
         CalmConfig(**bad)
+
+
+def test_loaded_classifier_survives_its_file_being_overwritten_in_place(tmp_path: Path) -> None:
+    path = fit().save(tmp_path / "c.safetensors")
+    clf = CalmClassifier.load(path)
+    with open(path, "r+b") as f:  # truncate and rewrite the same inode, as `cp new old` does
+        f.truncate(0)
+        f.write(b"junk")
+    test, _ = synthetic(2, seed=3)
+    assert clf.scores(test).shape == (6, 3)

@@ -1,0 +1,76 @@
+"""Configuration: the shipped example is valid; bad values and unknown keys name the key."""
+
+from pathlib import Path
+
+import pytest
+
+from daemon.config import ConfigError, load_config, parse_config
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "calmd.toml"
+BASE = {"model": {"path": "/m", "classifier": "/c.safetensors"}, "streams": [{"id": "a", "type": "mic"}]}
+
+
+def with_(section: str, **values):
+    data = {k: (dict(v) if isinstance(v, dict) else [dict(x) for x in v]) for k, v in BASE.items()}
+    if section == "streams":
+        data["streams"][0].update(values)
+    else:
+        data.setdefault(section, {}).update(values)
+    return data
+
+
+def test_shipped_example_is_valid_and_loopback_by_default() -> None:
+    cfg = load_config(EXAMPLE)
+    assert [s.type for s in cfg.streams] == ["rtsp", "mic"]
+    assert cfg.publish.endpoint == "tcp://127.0.0.1:5556" and cfg.metrics.host == "127.0.0.1"
+
+
+def test_defaults_bind_loopback() -> None:
+    cfg = parse_config(BASE)
+    assert cfg.publish.endpoint.startswith("tcp://127.0.0.1:") and cfg.metrics.host == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    "data, key, message",
+    [
+        (with_("vad", aggressivness=2), "vad.aggressivness", "unknown key"),
+        (with_("vad", frame_ms=25), "vad.frame_ms", "25"),
+        (with_("inference", batch_size="four"), "inference.batch_size", "'four'"),
+        (with_("publish", endpoint="http://x:1"), "publish.endpoint", "scheme must be"),
+        (with_("publish", endpoint="tcp://127.0.0.1"), "publish.endpoint", "need a port"),
+        (with_("metrics", host="localhost"), "metrics.host", "localhost"),
+        (with_("metrics", port=70000), "metrics.port", "65535"),
+        (with_("streams", type="rtsp"), "streams.0", "needs `url`"),
+        (with_("streams", type="rtsp", url="http://cam/x"), "streams.0", "rtsp://host"),
+        (with_("streams", type="file"), "streams.0", "needs `path`"),
+        (with_("streams", type="stdin"), "streams.0", "needs `sample_rate`"),
+        (with_("streams", id="bad id!"), "streams.0.id", "pattern"),
+        (with_("streams", type="cdrom"), "streams.0.type", "'cdrom'"),
+        (with_("vad", min_segment_s=5, max_segment_s=2), "vad", "must not exceed max_segment_s"),
+        (with_("publish", curve_secret_key="/k"), "publish", "set together"),
+        ({"model": {"path": "/m", "classifier": "/c"}, "streams": []}, "streams", "at least 1"),
+        ({**BASE, "plugins": {"load": "os"}}, "plugins", "unknown key"),
+    ],
+)
+def test_errors_name_key_value_and_rule(data: dict, key: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(data, "calmd.toml")
+    text = str(err.value)
+    assert text.startswith("calmd.toml: invalid configuration") and f"  {key}" in text and message in text
+
+
+def test_duplicate_stream_ids(tmp_path: Path) -> None:
+    data = {**BASE, "streams": [{"id": "a", "type": "mic"}, {"id": "a", "type": "mic"}]}
+    with pytest.raises(ConfigError, match=r"repeated: \['a'\]"):
+        parse_config(data)
+
+
+def test_file_errors_and_overrides(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such configuration file"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\npath=1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+    cfg = load_config(EXAMPLE, {"model.device": "cpu", "publish.endpoint": "tcp://127.0.0.1:6000"})
+    assert cfg.model.device == "cpu" and cfg.publish.endpoint.endswith(":6000")

@@ -1,0 +1,70 @@
+"""The segmenter: VAD boundaries, pre-roll, hangover, max-length cuts with overlap, fixed windows."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from calm_core.testing import voiced
+from daemon.config import VadSection
+from daemon.segmenter import Segmenter
+
+SR = 16000
+SILENCE = np.zeros(SR, dtype=np.float32)
+
+
+def run(seg: Segmenter, audio: np.ndarray, chunk: int = 1600):
+    out = []
+    for i in range(0, audio.size, chunk):
+        out += list(seg.feed(audio[i : i + chunk]))
+    return out + list(seg.flush())
+
+
+def test_one_sound_one_segment_with_pre_roll_and_hangover() -> None:
+    audio = np.concatenate([SILENCE, voiced(140.0, 1.0), SILENCE])
+    (segment,) = run(Segmenter("s", VadSection(aggressiveness=1, pre_roll_ms=300, hangover_ms=300)), audio)
+    assert abs(segment.start_s - 0.7) <= 0.06  # 1.0 s minus the 300 ms pre-roll
+    assert 2.0 <= segment.end_s <= 2.0 + 0.3 + 0.3
+    assert segment.samples.size == round((segment.end_s - segment.start_s) * SR)
+    # the samples are the stream's own samples at those times
+    start = round(segment.start_s * SR)
+    assert np.array_equal(segment.samples, audio[start : start + segment.samples.size])
+
+
+def test_silence_gives_nothing_and_short_blips_are_counted() -> None:
+    seg = Segmenter("s", VadSection(min_segment_s=1.0, hangover_ms=90, pre_roll_ms=0))
+    assert run(seg, np.concatenate([SILENCE, voiced(140.0, 0.3), SILENCE])) == []
+    assert seg.too_short == 1
+
+
+def test_long_sound_is_cut_at_max_length_with_overlap() -> None:
+    audio = np.concatenate([voiced(140.0, 5.0), SILENCE])
+    segments = run(Segmenter("s", VadSection(max_segment_s=2.0, overlap_s=0.5, pre_roll_ms=0)), audio)
+    assert len(segments) >= 3
+    for a, b in zip(segments, segments[1:3]):
+        assert abs(a.samples.size / SR - 2.0) < 0.031
+        assert abs(b.start_s - (a.end_s - 0.5)) < 1e-9
+
+
+def test_energy_gate_silences_quiet_sound() -> None:
+    quiet = voiced(140.0, 1.0) * 0.001  # about -70 dBFS
+    gated = Segmenter("s", VadSection(energy_gate_dbfs=-40, aggressiveness=0))
+    assert run(gated, np.concatenate([SILENCE, quiet, SILENCE])) == []
+
+
+def test_fixed_windows_without_vad() -> None:
+    audio = np.random.default_rng(0).standard_normal(5 * SR).astype(np.float32) * 0.1
+    segments = run(Segmenter("s", VadSection(mode="none", window_s=2.0, hop_s=1.0, min_segment_s=0.5)), audio)
+    assert [s.start_s for s in segments][:4] == [0.0, 1.0, 2.0, 3.0]
+    assert all(s.samples.size == 2 * SR for s in segments[:4])
+    assert np.array_equal(segments[1].samples, audio[SR : 3 * SR])
+
+
+@settings(max_examples=25, deadline=None)
+@given(chunk=st.integers(min_value=1, max_value=8000), frame_ms=st.sampled_from([10, 20, 30]))
+def test_chunking_never_changes_the_segments(chunk: int, frame_ms: int) -> None:
+    audio = np.concatenate([SILENCE[:8000], voiced(200.0, 0.8), SILENCE, voiced(300.0, 0.6), SILENCE[:4000]])
+    cfg = VadSection(frame_ms=frame_ms, min_segment_s=0.2)
+    reference = run(Segmenter("s", cfg), audio, chunk=audio.size)
+    got = run(Segmenter("s", cfg), audio, chunk=chunk)
+    assert [(s.start_s, s.samples.size) for s in got] == [(s.start_s, s.samples.size) for s in reference]
+    assert all(0 <= s.start_s and s.end_s <= audio.size / SR + 1e-9 for s in got)
