@@ -1,8 +1,8 @@
 """Subscriber library: iterate typed calm messages from a calmd publisher.
 
-    for event in Subscriber("tcp://127.0.0.1:5556", streams=["kitchen"]):
-        if isinstance(event, LabelEvent):
-            print(event.stream, event.label, event.score)
+for event in Subscriber("tcp://127.0.0.1:5556", streams=["kitchen"]):
+    if isinstance(event, LabelEvent):
+        print(event.stream, event.label, event.score)
 """
 
 from __future__ import annotations

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from calm_core.errors import CalmError
@@ -88,7 +88,9 @@ class VadSection(_Section):
     @model_validator(mode="after")
     def _lengths(self) -> VadSection:
         if self.min_segment_s > self.max_segment_s:
-            raise ValueError(f"min_segment_s ({self.min_segment_s}) must not exceed max_segment_s ({self.max_segment_s})")
+            raise ValueError(
+                f"min_segment_s ({self.min_segment_s}) must not exceed max_segment_s ({self.max_segment_s})"
+            )
         if self.hop_s > self.window_s:
             raise ValueError(f"hop_s ({self.hop_s}) must not exceed window_s ({self.window_s})")
         if self.overlap_s >= self.max_segment_s:

@@ -1,6 +1,6 @@
 """calmd: the streaming classifier service.
 
-    calmd --config /etc/calm/calmd.toml [--device cuda] [--endpoint tcp://127.0.0.1:5556]
+calmd --config /etc/calm/calmd.toml [--device cuda] [--endpoint tcp://127.0.0.1:5556]
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ log = logging.getLogger("calmd")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="calmd", description="Classify live audio with CALM and publish labels over ZeroMQ.")
+    p = argparse.ArgumentParser(
+        prog="calmd", description="Classify live audio with CALM and publish labels over ZeroMQ."
+    )
     p.add_argument("--config", required=True, type=Path, help="TOML configuration (see config/calmd.toml)")
     p.add_argument("--device", help="override model.device")
     p.add_argument("--classifier", help="override model.classifier")

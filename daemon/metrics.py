@@ -13,14 +13,18 @@ class Metrics:
         r = self.registry
         self.segments = Counter("calm_segments_total", "Segments cut by the segmenter", ["stream"], registry=r)
         self.labels = Counter("calm_labels_total", "Labels published", ["stream", "label"], registry=r)
-        self.dropped = Counter("calm_dropped_segments_total", "Segments dropped by backpressure", ["stream"], registry=r)
+        self.dropped = Counter(
+            "calm_dropped_segments_total", "Segments dropped by backpressure", ["stream"], registry=r
+        )
         self.failed = Counter("calm_failed_segments_total", "Segments whose inference failed", ["stream"], registry=r)
         self.reconnects = Counter("calm_reconnects_total", "Source reconnect attempts", ["stream"], registry=r)
         self.queue_depth = Gauge("calm_queue_depth", "Segments waiting for the model", registry=r)
         self.state = Gauge("calm_stream_state", "1 for the stream's current state", ["stream", "state"], registry=r)
         buckets = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
         self.vad_seconds = Histogram("calm_vad_seconds", "Segmenter time per chunk", buckets=buckets, registry=r)
-        self.inference_seconds = Histogram("calm_inference_seconds", "Model time per batch", buckets=buckets, registry=r)
+        self.inference_seconds = Histogram(
+            "calm_inference_seconds", "Model time per batch", buckets=buckets, registry=r
+        )
         self.latency_seconds = Histogram(
             "calm_end_to_end_seconds", "Segment end to label published", buckets=buckets, registry=r
         )

@@ -22,7 +22,7 @@ class Publisher:
         self.socket = self.context.socket(zmq.PUB)
         self.socket.setsockopt(zmq.SNDHWM, cfg.send_hwm)
         self.socket.setsockopt(zmq.LINGER, 1000)
-        self.auth = None
+        self.auth: Any = None  # zmq.auth.thread.ThreadAuthenticator when CURVE is on
         if cfg.curve_secret_key is not None and cfg.curve_allowed_keys is not None:
             self._enable_curve(cfg)
         try:

@@ -214,6 +214,8 @@ class Service:
             self.metrics.queue_depth.set(len(self.queue))
             if batch:
                 self._classify(batch)
+            if self.cfg.events.enabled:
+                self._expire_events()
             if self.fatal:
                 return
 
@@ -241,7 +243,9 @@ class Service:
         self.metrics.inference_seconds.observe(elapsed)
         self.consecutive_failures = 0
         for q, pred in zip(batch, clf.predict(feats)):
-            self._publish_label(q, pred, model, elapsed * q.segment.samples.size / sum(x.segment.samples.size for x in batch))
+            self._publish_label(
+                q, pred, model, elapsed * q.segment.samples.size / sum(x.segment.samples.size for x in batch)
+            )
 
     def _failed(self, batch: list[Queued], reason: str) -> None:
         self.consecutive_failures += 1
@@ -287,24 +291,35 @@ class Service:
         self.metrics.latency_seconds.observe(max(0.0, now - q.end_wall))
         log.debug("%s %.2f-%.2f s: %s (%.3f)", seg.stream, seg.start_s, seg.end_s, pred.label, pred.score)
         if self.cfg.events.enabled:
-            self._edges(stats, seg, pred.label, t0)
+            self._edges(stats, seg, pred.label)
 
-    def _edges(self, stats: StreamStats, seg: Segment, label: str, t0: float) -> None:
-        def emit(kind: str, name: str, at: float) -> None:
-            self.publisher.publish(EdgeEvent(seg.stream, stats.event_seq, kind, name, round(at, 3), utc_iso(t0 + at)))
-            stats.event_seq += 1
+    def _emit_edge(self, stream: str, kind: str, label: str, at_s: float) -> None:
+        stats = self.stats[stream]
+        t0 = stats.t0_wall or time.time()
+        self.publisher.publish(EdgeEvent(stream, stats.event_seq, kind, label, round(at_s, 3), utc_iso(t0 + at_s)))
+        stats.event_seq += 1
 
-        gap = self.cfg.events.end_after_s
-        if stats.active_label is not None and (
-            seg.start_s - stats.last_seen_s > gap or (label not in (stats.active_label, UNKNOWN))
-        ):
-            emit("end", stats.active_label, stats.last_seen_s)
+    def _edges(self, stats: StreamStats, seg: Segment, label: str) -> None:
+        """Debounce: a label starts an event; the event ends when another label takes over or
+        when it has not been heard for end_after_s of stream time (see _expire_events)."""
+        if stats.active_label is not None and label not in (stats.active_label, UNKNOWN):
+            self._emit_edge(seg.stream, "end", stats.active_label, stats.last_seen_s)
             stats.active_label = None
         if label != UNKNOWN:
             if stats.active_label is None:
-                emit("start", label, seg.start_s)
+                self._emit_edge(seg.stream, "start", label, seg.start_s)
                 stats.active_label = label
             stats.last_seen_s = seg.end_s
+
+    def _expire_events(self) -> None:
+        idle = len(self.queue) == 0
+        for stream, stats in self.stats.items():
+            if stats.active_label is None:
+                continue
+            ended = stats.state in ("finished", "stopped") and idle
+            if ended or stats.audio_s - stats.last_seen_s > self.cfg.events.end_after_s:
+                self._emit_edge(stream, "end", stats.active_label, stats.last_seen_s)
+                stats.active_label = None
 
     # ---- status and shutdown -----------------------------------------------------------------
     def status(self) -> StatusEvent:

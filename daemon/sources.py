@@ -127,7 +127,9 @@ class PipeSource(Source):
     def _read_pcm(self, pipe: BinaryIO) -> Iterator[np.ndarray]:
         frame_bytes = 2 * self.channels
         block = int(CHUNK_S * self.rate) * frame_bytes
-        resampler = None if self.rate == SAMPLE_RATE else soxr.ResampleStream(self.rate, SAMPLE_RATE, 1, dtype="float32")
+        resampler = (
+            None if self.rate == SAMPLE_RATE else soxr.ResampleStream(self.rate, SAMPLE_RATE, 1, dtype="float32")
+        )
         sel = selectors.DefaultSelector()
         sel.register(pipe, selectors.EVENT_READ)
         fd = pipe.fileno()
@@ -209,7 +211,9 @@ class MicSource(Source):
                 try:
                     block = blocks.get(timeout=self.cfg.stall_timeout_s)
                 except queue.Empty:
-                    raise StreamStall(f"capture device delivered nothing for {self.cfg.stall_timeout_s:.0f} s") from None
+                    raise StreamStall(
+                        f"capture device delivered nothing for {self.cfg.stall_timeout_s:.0f} s"
+                    ) from None
                 yield block if resampler is None else resampler.resample_chunk(block)
 
 

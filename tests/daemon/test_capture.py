@@ -38,7 +38,9 @@ def speech_like_wav(tmp_path_factory) -> Path:
 
 class RtspServer:
     def __init__(self, port: int, wav: Path):
-        self.proc = subprocess.Popen([SYSTEM_PYTHON, str(SERVER), str(port), str(wav)], stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [SYSTEM_PYTHON, str(SERVER), str(port), str(wav)], stdout=subprocess.PIPE, text=True
+        )
         line = self.proc.stdout.readline().strip()  # type: ignore[union-attr]
         assert line == "READY", f"RTSP server did not start: {line!r}"
 
@@ -66,7 +68,9 @@ def states_of(events: list, stream: str) -> list[str]:
     return [e.streams[stream].state for e in events if isinstance(e, StatusEvent)]
 
 
-@pytest.mark.skipif(not _gst_rtsp_available(), reason="needs ffmpeg and GStreamer's RTSP server for python3-gi (Debian)")
+@pytest.mark.skipif(
+    not _gst_rtsp_available(), reason="needs ffmpeg and GStreamer's RTSP server for python3-gi (Debian)"
+)
 def test_rtsp_reconnects_after_server_restart_while_other_stream_continues(
     tmp_path: Path, tiny_model_dir, classifier_file, speech_like_wav, scene_wav, daemon_factory
 ) -> None:
@@ -129,9 +133,14 @@ def pulse(tmp_path: Path):
     subprocess.run(["pulseaudio", "--kill"], env=env, timeout=10)
 
 
-def test_microphone_through_pulseaudio(tmp_path: Path, tiny_model_dir, classifier_file, speech_like_wav, pulse, daemon_factory):
+def test_microphone_through_pulseaudio(
+    tmp_path: Path, tiny_model_dir, classifier_file, speech_like_wav, pulse, daemon_factory
+):
     config = write_config(
-        tmp_path / "calmd.toml", tiny_model_dir, classifier_file, '[[streams]]\nid = "desk"\ntype = "mic"\ndevice = "pulse"\n'
+        tmp_path / "calmd.toml",
+        tiny_model_dir,
+        classifier_file,
+        '[[streams]]\nid = "desk"\ntype = "mic"\ndevice = "pulse"\n',
     )
     player = subprocess.Popen(
         ["sh", "-c", f'while true; do paplay --device=calmsink "{speech_like_wav}"; done'], env=pulse

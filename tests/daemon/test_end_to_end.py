@@ -63,7 +63,7 @@ def test_metrics_are_served_on_loopback(tmp_path: Path, tiny_model_dir, classifi
             body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
         except OSError:
             return None
-        return body if 'calm_labels_total{' in body else None
+        return body if "calm_labels_total{" in body else None
 
     body = wait_for(scrape, timeout=60)
     code, log = daemon.stop()

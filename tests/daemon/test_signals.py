@@ -63,7 +63,9 @@ def test_sighup_refuses_bad_files_and_swaps_in_good_ones(
                 live.write_bytes(bad)
             daemon.proc.send_signal(signal.SIGHUP)
             status = next_matching(sub, lambda e: isinstance(e, StatusEvent) and e.error, 20)
-            assert status is not None and "reload refused" in status.error and reason in status.error, daemon.stop()[1][-3000:]
+            assert status is not None and "reload refused" in status.error and reason in status.error, daemon.stop()[1][
+                -3000:
+            ]
             label = next_matching(sub, is_label, 20)
             assert label is not None and label.fingerprint == original.fingerprint.digest
             assert label.exit_layer == original.exit_layer  # the old classifier is still serving
@@ -78,7 +80,9 @@ def test_sighup_refuses_bad_files_and_swaps_in_good_ones(
     assert code == 0
 
 
-def test_sigterm_drains_and_exits_within_bound(tmp_path: Path, tiny_model_dir, classifier_file, scene_wav, daemon_factory):
+def test_sigterm_drains_and_exits_within_bound(
+    tmp_path: Path, tiny_model_dir, classifier_file, scene_wav, daemon_factory
+):
     config = write_config(
         tmp_path / "calmd.toml", tiny_model_dir, classifier_file,
         f'[[streams]]\nid = "room"\ntype = "file"\npath = "{scene_wav}"\nloop = true\nrealtime = false\n',
