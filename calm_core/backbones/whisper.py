@@ -1,0 +1,159 @@
+"""Whisper adapter: encoder heads (mean over the clip's frames) then decoder heads at the last prompt token.
+
+Heads are numbered as one stack: layers 0..E-1 are the encoder's self-attention, layers
+E..E+D-1 the decoder's self-attention at the last token of a fixed decoder prompt
+(`<|startoftranscript|><|notimestamps|>` by default). Early exit therefore stops inside the
+encoder when every selected head lives there, and never runs the decoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import AudioError, ModelLoadError
+from ..fingerprint import Fingerprint, canonical_json, sha256_text, weights_digest
+from .base import TORCH_DTYPES, HeadLayout, LoadOptions, StopForward
+from .qwen2_audio import _PROCESSOR_KEYS, _quiet_transformers, mel_valid_frames
+
+ADAPTER_VERSION = "whisper/1"
+
+
+class WhisperBackbone:
+    name = "whisper"
+
+    def __init__(self, model_dir: Path, options: LoadOptions = LoadOptions()):
+        from transformers import AutoConfig, AutoTokenizer, WhisperFeatureExtractor, WhisperModel
+
+        self.model_dir = Path(model_dir)
+        self.device = torch.device(options.device)
+        if options.dtype == "nf4":
+            raise ModelLoadError("nf4 is not offered for Whisper backbones (they are small); use fp32, fp16 or bf16")
+        config = AutoConfig.from_pretrained(self.model_dir, local_files_only=True)
+        self.n_enc, self.n_dec = config.encoder_layers, config.decoder_layers
+        if config.encoder_attention_heads != config.decoder_attention_heads:
+            raise ModelLoadError(f"{self.model_dir}: encoder and decoder head counts differ; not supported")
+        self.layout = HeadLayout(
+            n_layers=self.n_enc + self.n_dec,
+            n_heads=config.encoder_attention_heads,
+            head_dim=config.d_model // config.encoder_attention_heads,
+        )
+        self.loaded_layers = self.layout.n_layers
+        if options.load_layers is not None:
+            self.loaded_layers = max(1, min(options.load_layers, self.layout.n_layers))
+            config.decoder_layers = max(0, self.loaded_layers - self.n_enc)
+            config.encoder_layers = min(self.n_enc, self.loaded_layers)
+        try:
+            with _quiet_transformers():
+                self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
+                self.feature_extractor = WhisperFeatureExtractor.from_pretrained(self.model_dir, local_files_only=True)
+                self.model = (
+                    WhisperModel.from_pretrained(
+                        self.model_dir, config=config, dtype=TORCH_DTYPES[options.dtype], local_files_only=True
+                    )
+                    .to(self.device)
+                    .eval()
+                )
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"{self.model_dir}: could not load Whisper ({e})") from e
+        english_only = config.vocab_size == 51864
+        default = (
+            "<|startoftranscript|><|notimestamps|>"
+            if english_only
+            else ("<|startoftranscript|><|en|><|transcribe|><|notimestamps|>")
+        )
+        self.prompt = options.prompt or default
+        self.prompt_ids = self.tokenizer(self.prompt, add_special_tokens=False)["input_ids"]
+        if not self.prompt_ids:
+            raise ValueError(f"decoder prompt {self.prompt!r} encodes to no tokens")
+        full = AutoConfig.from_pretrained(self.model_dir, local_files_only=True).to_dict()
+        for key in ("_name_or_path", "dtype", "torch_dtype", "transformers_version"):
+            full.pop(key, None)
+        fe = self.feature_extractor.to_dict()
+        self.fingerprint = Fingerprint(
+            components={
+                "adapter": ADAPTER_VERSION,
+                "config": sha256_text(canonical_json(full)),
+                "weights": weights_digest(self.model_dir),
+                "precision": options.dtype,
+                "prompt": sha256_text(self.prompt),
+                "processor": canonical_json({k: fe.get(k) for k in _PROCESSOR_KEYS}),
+                "heads": f"{self.layout.n_layers}x{self.layout.n_heads}x{self.layout.head_dim}",
+                "encoder_frames": "valid",
+            },
+            model_id=self.model_dir.name,
+        )
+
+    def _encode(self, clip: np.ndarray, exit_layer: int, out: list[torch.Tensor]) -> torch.Tensor | None:
+        """Run the encoder on the clip's own frames, appending each layer's mean head outputs to out.
+
+        Unlike Qwen2-Audio, stock Whisper attends to its 30 s of padding (it has no mask), so
+        valid-frame features are not the stock ones; they are what the clip itself says, at a
+        fraction of the cost, and are used the same way for fitting and inference.
+        """
+        enc = self.model.encoder
+        mel, n_valid = mel_valid_frames(self.feature_extractor, clip)
+        if n_valid < 3:
+            raise AudioError(f"clip of {clip.size} samples is too short for the audio encoder")
+        conv_len = (n_valid - 1) // 2 + 1
+        x = mel.to(device=self.device, dtype=enc.conv1.weight.dtype)[None]
+        x = F.gelu(enc.conv2(F.gelu(enc.conv1(x))))[:, :, :conv_len]
+        h = x.permute(0, 2, 1) + enc.embed_positions.weight[:conv_len]
+        for i, layer in enumerate(enc.layers):
+            captured: list[torch.Tensor] = []
+            handle = layer.self_attn.out_proj.register_forward_pre_hook(
+                lambda _m, a, c=captured: c.append(a[0][0].mean(0).float().cpu())
+            )
+            try:
+                h = layer(h, None)
+            finally:
+                handle.remove()
+            out.append(captured[-1])
+            if i == exit_layer:
+                return None
+        return enc.layer_norm(h)
+
+    @torch.inference_mode()
+    def head_activations(self, clips: Sequence[np.ndarray], exit_layer: int | None = None) -> torch.Tensor:
+        exit_layer = self.loaded_layers - 1 if exit_layer is None else exit_layer
+        if not 0 <= exit_layer < self.loaded_layers:
+            raise ValueError(
+                f"exit_layer {exit_layer} is outside the {self.loaded_layers} loaded layers "
+                f"(0..{self.loaded_layers - 1})"
+            )
+        rows = []
+        ids = torch.tensor([self.prompt_ids], device=self.device)
+        for clip in clips:
+            per_layer: list[torch.Tensor] = []
+            encoded = self._encode(clip, exit_layer, per_layer)
+            if encoded is not None:
+                self._decode(ids, encoded, exit_layer - self.n_enc, per_layer)
+            rows.append(torch.stack(per_layer))
+        if not rows:
+            return torch.empty(0, exit_layer + 1, self.layout.n_heads, self.layout.head_dim)
+        return torch.stack(rows).view(len(clips), exit_layer + 1, self.layout.n_heads, self.layout.head_dim)
+
+    def _decode(self, ids: torch.Tensor, encoded: torch.Tensor, exit_dec: int, out: list[torch.Tensor]) -> None:
+        layers = self.model.decoder.layers
+
+        def grab(j: int) -> Any:
+            def hook(_m: torch.nn.Module, a: tuple[torch.Tensor, ...]) -> None:
+                out.append(a[0][0, -1].float().cpu())
+                if j == exit_dec:
+                    raise StopForward
+
+            return hook
+
+        handles = [layers[j].self_attn.out_proj.register_forward_pre_hook(grab(j)) for j in range(exit_dec + 1)]
+        try:
+            self.model.decoder(input_ids=ids, encoder_hidden_states=encoded, use_cache=False)
+        except StopForward:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
