@@ -65,9 +65,8 @@ def format_report(result: dict[str, Any]) -> str:
                 f"{name:<{width}} {r['precision']:>6.3f} {r['recall']:>6.3f} "
                 f"{r['f1-score']:>6.3f} {int(r['support']):>5}"
             )
-        lines += ["", f"{method.upper()} confusion (rows: true, columns: predicted):"]
-        short = [n[:6] for n in labels]
-        lines.append(" " * (width + 1) + " ".join(f"{s:>6}" for s in short))
-        for name, row in zip(labels, m["confusion"]):
-            lines.append(f"{name:<{width}} " + " ".join(f"{v:>6}" for v in row))
+        lines += ["", f"{method.upper()} confusion (rows: true, columns: predicted class number):"]
+        lines.append(" " * (width + 4) + " ".join(f"{i:>4}" for i in range(len(labels))))
+        for i, (name, row) in enumerate(zip(labels, m["confusion"])):
+            lines.append(f"{i:>2} {name:<{width}} " + " ".join(f"{v:>4}" for v in row))
     return "\n".join(lines)

@@ -74,9 +74,15 @@ def bundled_model_dir(cache: Path | None = None) -> Path:
     base = cache or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "calm" / "models"
     out = base / "whisper-tiny.en"
     if not (out / "model.safetensors").is_file():
+        import shutil
+
         tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
         convert_ctranslate2_whisper(source, tmp)
-        tmp.replace(out) if not out.exists() else None
+        shutil.rmtree(out, ignore_errors=True)  # an interrupted earlier conversion
+        try:
+            tmp.rename(out)
+        except OSError:  # another process finished first: use its copy
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

