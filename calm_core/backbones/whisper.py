@@ -52,13 +52,10 @@ class WhisperBackbone:
             with _quiet_transformers():
                 self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
                 self.feature_extractor = WhisperFeatureExtractor.from_pretrained(self.model_dir, local_files_only=True)
-                self.model = (
-                    WhisperModel.from_pretrained(
-                        self.model_dir, config=config, dtype=TORCH_DTYPES[options.dtype], local_files_only=True
-                    )
-                    .to(self.device)
-                    .eval()
+                model = WhisperModel.from_pretrained(
+                    self.model_dir, config=config, dtype=TORCH_DTYPES[options.dtype], local_files_only=True
                 )
+                self.model = model.to(self.device).eval()  # type: ignore[arg-type]
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"{self.model_dir}: could not load Whisper ({e})") from e
         english_only = config.vocab_size == 51864
