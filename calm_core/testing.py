@@ -37,6 +37,10 @@ def make_tiny_qwen2_audio(
     audio_dim: int = 64,
     seed: int = 0,
     legacy_keys: bool = False,
+    intermediate: int | None = None,
+    vocab_size: int | None = None,
+    audio_heads: int = 4,
+    save_dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Write a random-weight Qwen2-Audio (model, tokenizer, feature extractor) to out_dir.
 
@@ -59,19 +63,19 @@ def make_tiny_qwen2_audio(
         audio_config={
             "d_model": audio_dim,
             "encoder_layers": audio_layers,
-            "encoder_attention_heads": 4,
-            "encoder_ffn_dim": audio_dim * 2,
+            "encoder_attention_heads": audio_heads,
+            "encoder_ffn_dim": audio_dim * 4 if audio_dim > 64 else audio_dim * 2,
             "num_mel_bins": 128,
             "max_source_positions": 1500,
         },
         text_config={
             "model_type": "qwen2",
-            "vocab_size": len(tok),
+            "vocab_size": vocab_size or len(tok),
             "hidden_size": hidden,
-            "intermediate_size": hidden * 2,
+            "intermediate_size": intermediate or hidden * 2,
             "num_hidden_layers": n_layers,
             "num_attention_heads": n_heads,
-            "num_key_value_heads": max(1, n_heads // 2),
+            "num_key_value_heads": max(1, n_heads // 2) if hidden <= 256 else n_heads,
             "max_position_embeddings": 2048,
             "pad_token_id": tok.pad_token_id,
         },
@@ -84,7 +88,7 @@ def make_tiny_qwen2_audio(
         for p in model.parameters():
             if p.dim() >= 2:
                 p.normal_(0.0, 1.0 / np.sqrt(p.shape[-1]))
-    model.save_pretrained(out)
+    model.to(save_dtype).save_pretrained(out)
     processor.save_pretrained(out)
     if legacy_keys:
         weights = out / "model.safetensors"

@@ -167,7 +167,8 @@ class Service:
         def sink(chunk: np.ndarray) -> None:
             now = time.time()
             if stats.t0_wall is None:
-                stats.t0_wall = now
+                # Sources deliver a chunk when its last sample arrives: sample 0 was captured earlier.
+                stats.t0_wall = now - chunk.size / 16_000
             stats.audio_s += chunk.size / 16_000
             t = time.perf_counter()
             segments = list(segmenter.feed(chunk))

@@ -108,11 +108,12 @@ class FileSource(Source):
                 if self.stop_event.is_set():
                     return
                 chunk = audio[i : i + step]
+                sent += chunk.size
                 if self.cfg.realtime:
+                    # Deliver a chunk once its last sample is "captured", as a live device does.
                     ahead = sent / SAMPLE_RATE - (time.monotonic() - t0)
                     if ahead > 0 and self.stop_event.wait(ahead):
                         return
-                sent += chunk.size
                 yield chunk
             if not self.cfg.loop:
                 return
