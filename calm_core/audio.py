@@ -72,28 +72,34 @@ def prepare_clip(
     return np.ascontiguousarray(mono)
 
 
-def decode_file(path: str | Path) -> tuple[np.ndarray, int]:
-    """Decode any file libsndfile or FFmpeg (through PyAV) can read: (samples (n, ch), rate)."""
+def decode_file(path: str | Path, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """Decode any file libsndfile or FFmpeg (through PyAV) can read: (samples (n, ch), rate).
+
+    With max_seconds only that much is decoded, so a two-hour recording costs no more than
+    the window that is used.
+    """
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: no such audio file")
     if path.stat().st_size == 0:
         raise AudioError(f"{path}: file is empty (0 bytes)")
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-        return data, int(rate)
+        with sf.SoundFile(str(path)) as f:
+            frames = -1 if max_seconds is None else int(max_seconds * f.samplerate) + 1
+            data = f.read(frames=frames, dtype="float32", always_2d=True)
+            return data, int(f.samplerate)
     except sf.LibsndfileError as sf_error:
         import av
 
         try:
-            return _decode_with_av(path)
+            return _decode_with_av(path, max_seconds)
         except (av.FFmpegError, OSError, ValueError) as av_error:
             raise AudioError(
                 f"{path}: not a readable audio file (libsndfile: {sf_error}; FFmpeg: {av_error})"
             ) from av_error
 
 
-def _decode_with_av(path: Path) -> tuple[np.ndarray, int]:
+def _decode_with_av(path: Path, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     import av
 
     with av.open(str(path)) as container:
@@ -101,11 +107,19 @@ def _decode_with_av(path: Path) -> tuple[np.ndarray, int]:
         if not streams:
             raise AudioError(f"{path}: has no audio stream")
         stream = streams[0]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=stream.rate or SAMPLE_RATE)
-        chunks = []
+        context = stream.codec_context
+        rate = int(context.sample_rate or 0) if context is not None else 0
+        if rate <= 0:
+            raise AudioError(f"{path}: audio stream has no usable codec or sample rate")
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        chunks, total = [], 0
+        limit = None if max_seconds is None else int(max_seconds * resampler.rate) + 1
         for frame in container.decode(stream):
             for out in resampler.resample(frame):
                 chunks.append(out.to_ndarray().reshape(-1))
+                total += chunks[-1].size
+            if limit is not None and total >= limit:
+                break
         for out in resampler.resample(None):
             chunks.append(out.to_ndarray().reshape(-1))
         rate = int(resampler.rate)
@@ -114,7 +128,8 @@ def _decode_with_av(path: Path) -> tuple[np.ndarray, int]:
     return np.concatenate(chunks)[:, None], rate
 
 
-def load_audio(path: str | Path, **limits: float) -> np.ndarray:
-    """Decode a file to a validated 16 kHz mono float32 clip."""
-    data, rate = decode_file(path)
-    return prepare_clip(data, rate, source=str(path), **limits)
+def load_audio(path: str | Path, *, min_seconds: float = MIN_SECONDS, max_seconds: float = MAX_SECONDS) -> np.ndarray:
+    """Decode a file (at most max_seconds of it, plus one sample to tell that it was longer) to a
+    validated 16 kHz mono float32 clip."""
+    data, rate = decode_file(path, max_seconds)
+    return prepare_clip(data, rate, source=str(path), min_seconds=min_seconds, max_seconds=max_seconds)
