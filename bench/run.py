@@ -93,9 +93,7 @@ def bench_early_exit(name: str, device: str = "cpu", dtype: str = "fp32") -> dic
     rows = []
     for exit_layer in sorted({0, n // 4 - 1, n // 2 - 1, 3 * n // 4 - 1, n - 1} - {-1}):
         t = timed(lambda e=exit_layer: bb.head_activations(clips, exit_layer=e)) - t_prefix
-        rows.append(
-            {"exit_layer": exit_layer, "seconds": t, "ratio": t / t_full, "ideal": (exit_layer + 1) / n}
-        )
+        rows.append({"exit_layer": exit_layer, "seconds": t, "ratio": t / t_full, "ideal": (exit_layer + 1) / n})
     return {"model": name, "n_layers": n, "full_with_lm_head_s": t_full, "lm_head_s": t_head, "rows": rows}
 
 
@@ -122,7 +120,13 @@ def bench_memory(name: str) -> dict[str, Any]:
     n = bb.layout.n_layers
     del bb
     rows = []
-    for kind, layers in [("stock", "all"), ("calm", "all"), ("calm", str(n // 2)), ("calm", str(n // 4)), ("calm", "1")]:
+    for kind, layers in [
+        ("stock", "all"),
+        ("calm", "all"),
+        ("calm", str(n // 2)),
+        ("calm", str(n // 4)),
+        ("calm", "1"),
+    ]:
         out = subprocess.run(
             [sys.executable, "-c", _RSS_PROBE, kind, path, layers], capture_output=True, text=True, check=True
         ).stdout
@@ -219,7 +223,13 @@ def bench_pipeline(model: str, work: Path) -> dict[str, Any]:
     model_s = service.metrics.inference_seconds._sum.get()
     segments = service.stats["f"].segments
     service.stop(5)
-    return {"audio_s": 120, "segments": segments, "wall_s": wall, "model_s": model_s, "overhead_share": 1 - model_s / wall}
+    return {
+        "audio_s": 120,
+        "segments": segments,
+        "wall_s": wall,
+        "model_s": model_s,
+        "overhead_share": 1 - model_s / wall,
+    }
 
 
 def bench_latency(model: str, work: Path, stream_counts: list[int], seconds: float) -> dict[str, Any]:
@@ -247,7 +257,9 @@ def bench_latency(model: str, work: Path, stream_counts: list[int], seconds: flo
         service.stop(2)
         dropped = sum(s.dropped for s in status.streams.values()) if status else -1
         q = np.percentile(lat, [50, 95, 99]) if lat else [float("nan")] * 3
-        rows.append({"streams": n, "labels": len(lat), "p50_ms": q[0], "p95_ms": q[1], "p99_ms": q[2], "dropped": dropped})
+        rows.append(
+            {"streams": n, "labels": len(lat), "p50_ms": q[0], "p95_ms": q[1], "p99_ms": q[2], "dropped": dropped}
+        )
     return {"model": model, "seconds_per_point": seconds, "rows": rows}
 
 
@@ -256,6 +268,7 @@ def bench_batching(name: str) -> dict[str, Any]:
     clips = [voiced(float(100 + 20 * i), 2.0, seed=i) for i in range(8)]
     rows = []
     for size in (1, 4, 8):
+
         def run(s: int = size) -> None:
             for i in range(0, len(clips), s):
                 bb.head_activations(clips[i : i + s])
@@ -296,7 +309,12 @@ def report(results: dict[str, Any]) -> str:
             lines.append(f"| {r['exit_layer']} | {r['seconds'] * 1e3:.1f} ms | {r['ratio']:.3f} | {r['ideal']:.3f} |")
         lines.append("")
     for mem in results.get("memory", []):
-        lines += [f"## 2. Resident memory by layers loaded — {mem['model']}", "", "| load | RSS | vs stock |", "|---|---|---|"]
+        lines += [
+            f"## 2. Resident memory by layers loaded — {mem['model']}",
+            "",
+            "| load | RSS | vs stock |",
+            "|---|---|---|",
+        ]
         for r in mem["rows"]:
             lines.append(f"| {r['load']} | {r['rss_mb']:.0f} MB | {r['vs_stock']:.3f} |")
         lines.append("")
@@ -369,7 +387,10 @@ def main() -> int:
         ("memory", lambda: [bench_memory(m) for m in ["tiny", *big]]),
         ("valid_frames", lambda: [bench_valid_frames(m) for m in ["tiny", *big]]),
         ("pipeline", lambda: bench_pipeline(model_dir("whisper"), work)),
-        ("latency", lambda: bench_latency(model_dir("whisper"), work, [1, 4, 16, 32] if not args.quick else [1, 4], 15)),
+        (
+            "latency",
+            lambda: bench_latency(model_dir("whisper"), work, [1, 4, 16, 32] if not args.quick else [1, 4], 15),
+        ),
         ("batching", lambda: [bench_batching(m) for m in ["tiny", *big, "whisper"]]),
         ("nf4", lambda: bench_nf4("medium" if big else "tiny")),
     ]

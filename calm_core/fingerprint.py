@@ -32,7 +32,7 @@ def weights_digest(model_dir: str | Path) -> str:
     """Digest of a model folder's weight files without reading them whole.
 
     Covers every file's name and size, the safetensors header (names, shapes, dtypes,
-    offsets) and 32 samples of the data spread over the file: any other checkpoint,
+    offsets, in canonical JSON) and 32 samples of the data spread over the file: any other checkpoint,
     quantisation or fine-tune changes it, while hashing 15 GB on every start would not
     be acceptable for a service.
     """
@@ -45,11 +45,19 @@ def weights_digest(model_dir: str | Path) -> str:
         size = path.stat().st_size
         h.update(f"{path.name}:{size}\n".encode())
         with open(path, "rb") as f:
+            data_start = 0
             if path.suffix == ".safetensors" and size >= 8:
                 header_len = int.from_bytes(f.read(8), "little")
-                h.update(f.read(min(header_len, size - 8)))
+                raw = f.read(min(header_len, size - 8))
+                try:  # canonical form: writers order the metadata map arbitrarily
+                    raw = canonical_json(json.loads(raw)).encode()
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    pass
+                h.update(raw)
+                data_start = min(size, 8 + header_len)
+            span = size - data_start
             for i in range(_SAMPLES):
-                f.seek(max(0, (size - _SAMPLE_BYTES) * i // max(1, _SAMPLES - 1)))
+                f.seek(data_start + max(0, (span - _SAMPLE_BYTES) * i // (_SAMPLES - 1)))
                 h.update(f.read(_SAMPLE_BYTES))
     return h.hexdigest()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, get_args
@@ -46,6 +46,39 @@ class LoadOptions:
 
 class StopForward(Exception):
     """Raised from a hook once the deepest needed head has been read: the early exit."""
+
+
+def capture_heads(
+    run: Callable[[], object],
+    projections: Sequence[torch.nn.Module],
+    select: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    stop: bool = True,
+) -> list[torch.Tensor]:
+    """Run a forward and read the input of each output projection (every head's output,
+    concatenated) through select; with stop, the forward ends right after the last one is read."""
+    captured: list[torch.Tensor] = []
+    last = len(projections) - 1
+
+    def make(i: int) -> Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], None]:
+        def hook(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            captured.append(select(args[0]).float().cpu())
+            if stop and i == last:
+                raise StopForward
+
+        return hook
+
+    handles = [p.register_forward_pre_hook(make(i)) for i, p in enumerate(projections)]
+    try:
+        run()
+    except StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    if len(captured) != len(projections):
+        raise RuntimeError(f"captured {len(captured)} layers, expected {len(projections)}")
+    return captured
 
 
 class Backbone(Protocol):

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ..errors import AudioError, ModelLoadError
 from ..fingerprint import Fingerprint, canonical_json, sha256_text, weights_digest
-from .base import TORCH_DTYPES, HeadLayout, LoadOptions, StopForward
+from .base import TORCH_DTYPES, HeadLayout, LoadOptions, capture_heads
 
 ADAPTER_VERSION = "qwen2_audio/1"
 AUDIO_PLACEHOLDER = "<|AUDIO|>"
@@ -217,29 +217,16 @@ class Qwen2AudioBackbone:
         if not clips:
             return torch.empty(0, exit_layer + 1, self.layout.n_heads, self.layout.head_dim)
         embeds, mask, last = self._batch_embeddings(clips)
-        rows = torch.arange(len(clips))
-        captured: list[torch.Tensor] = []
-
-        def grab(layer_idx: int):  # type: ignore[no-untyped-def]
-            def hook(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-                # o_proj's input is the concatenation of every head's output: (B, T, H * D).
-                captured.append(args[0][rows, last.to(args[0].device)].float().cpu())
-                if layer_idx == exit_layer:
-                    raise StopForward
-
-            return hook
-
-        handles = [
-            self.text_layers[i].self_attn.o_proj.register_forward_pre_hook(grab(i)) for i in range(exit_layer + 1)
-        ]
-        try:
-            self.model.language_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False)
-        except StopForward:
-            pass
-        finally:
-            for handle in handles:
-                handle.remove()
-        if len(captured) != exit_layer + 1:
-            raise RuntimeError(f"captured {len(captured)} layers, expected {exit_layer + 1}")
-        out = torch.stack(captured, dim=1)  # (B, L, H * D)
+        out = torch.stack(self.language_heads(embeds, mask, last, exit_layer), dim=1)  # (B, L, H * D)
         return out.view(len(clips), exit_layer + 1, self.layout.n_heads, self.layout.head_dim)
+
+    def language_heads(
+        self, embeds: torch.Tensor, mask: torch.Tensor, last: torch.Tensor, exit_layer: int
+    ) -> list[torch.Tensor]:
+        """Per layer 0..exit_layer, every head's output at each row's last token: [(B, H * D)]."""
+        rows = torch.arange(embeds.shape[0])
+        return capture_heads(
+            lambda: self.model.language_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False),
+            [self.text_layers[i].self_attn.o_proj for i in range(exit_layer + 1)],
+            lambda x: x[rows, last.to(x.device)],  # o_proj's input: (B, T, H * D)
+        )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 
 from ..errors import AudioError, ModelLoadError
 from ..fingerprint import Fingerprint, canonical_json, sha256_text, weights_digest
-from .base import TORCH_DTYPES, HeadLayout, LoadOptions, StopForward
+from .base import TORCH_DTYPES, HeadLayout, LoadOptions, capture_heads
 from .qwen2_audio import _PROCESSOR_KEYS, _quiet_transformers, mel_valid_frames
 
 ADAPTER_VERSION = "whisper/1"
@@ -86,34 +85,33 @@ class WhisperBackbone:
             model_id=self.model_dir.name,
         )
 
-    def _encode(self, clip: np.ndarray, exit_layer: int, out: list[torch.Tensor]) -> torch.Tensor | None:
-        """Run the encoder on the clip's own frames, appending each layer's mean head outputs to out.
+    def _encode(self, mels: torch.Tensor, n_valid: int, exit_layer: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Run the encoder on clips of one length (their own frames only): per-layer mean head
+        outputs [(B, H * D)] up to exit_layer, and the encoder output (if the exit is past it).
 
         Unlike Qwen2-Audio, stock Whisper attends to its 30 s of padding (it has no mask), so
         valid-frame features are not the stock ones; they are what the clip itself says, at a
         fraction of the cost, and are used the same way for fitting and inference.
         """
         enc = self.model.encoder
-        mel, n_valid = mel_valid_frames(self.feature_extractor, clip)
-        if n_valid < 3:
-            raise AudioError(f"clip of {clip.size} samples is too short for the audio encoder")
         conv_len = (n_valid - 1) // 2 + 1
-        x = mel.to(device=self.device, dtype=enc.conv1.weight.dtype)[None]
+        x = mels.to(device=self.device, dtype=enc.conv1.weight.dtype)
         x = F.gelu(enc.conv2(F.gelu(enc.conv1(x))))[:, :, :conv_len]
         h = x.permute(0, 2, 1) + enc.embed_positions.weight[:conv_len]
-        for i, layer in enumerate(enc.layers):
-            captured: list[torch.Tensor] = []
-            handle = layer.self_attn.out_proj.register_forward_pre_hook(
-                lambda _m, a, c=captured: c.append(a[0][0].mean(0).float().cpu())
-            )
-            try:
-                h = layer(h, None)
-            finally:
-                handle.remove()
-            out.append(captured[-1])
-            if i == exit_layer:
-                return None
-        return enc.layer_norm(h)
+        n_layers = min(exit_layer + 1, len(enc.layers))
+        state = {"h": h}
+
+        def run() -> None:
+            for layer in enc.layers[:n_layers]:
+                state["h"] = layer(state["h"], None)
+
+        heads = capture_heads(
+            run,
+            [layer.self_attn.out_proj for layer in enc.layers[:n_layers]],
+            lambda t: t.mean(1),  # (B, T, H * D) -> mean over the clip's frames
+            stop=exit_layer < len(enc.layers),
+        )
+        return heads, enc.layer_norm(state["h"])
 
     @torch.inference_mode()
     def head_activations(self, clips: Sequence[np.ndarray], exit_layer: int | None = None) -> torch.Tensor:
@@ -123,34 +121,28 @@ class WhisperBackbone:
                 f"exit_layer {exit_layer} is outside the {self.loaded_layers} loaded layers "
                 f"(0..{self.loaded_layers - 1})"
             )
-        rows = []
-        ids = torch.tensor([self.prompt_ids], device=self.device)
+        out = torch.empty(len(clips), exit_layer + 1, self.layout.n_heads * self.layout.head_dim)
+        mels = []
         for clip in clips:
-            per_layer: list[torch.Tensor] = []
-            encoded = self._encode(clip, exit_layer, per_layer)
-            if encoded is not None:
-                self._decode(ids, encoded, exit_layer - self.n_enc, per_layer)
-            rows.append(torch.stack(per_layer))
-        if not rows:
-            return torch.empty(0, exit_layer + 1, self.layout.n_heads, self.layout.head_dim)
-        return torch.stack(rows).view(len(clips), exit_layer + 1, self.layout.n_heads, self.layout.head_dim)
+            mel, n_valid = mel_valid_frames(self.feature_extractor, clip)
+            if n_valid < 3:
+                raise AudioError(f"clip of {clip.size} samples is too short for the audio encoder")
+            mels.append((mel, n_valid))
+        # Clips of the same length run as one batch: no padding, so batching changes nothing.
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (mel, n_valid) in enumerate(mels):
+            groups.setdefault((n_valid, mel.shape[-1]), []).append(i)
+        for (n_valid, _), idx in groups.items():
+            heads, encoded = self._encode(torch.stack([mels[i][0] for i in idx]), n_valid, exit_layer)
+            if exit_layer >= self.n_enc:
+                heads += self._decode(encoded, exit_layer - self.n_enc)
+            out[idx] = torch.stack(heads, dim=1)
+        return out.view(len(clips), exit_layer + 1, self.layout.n_heads, self.layout.head_dim)
 
-    def _decode(self, ids: torch.Tensor, encoded: torch.Tensor, exit_dec: int, out: list[torch.Tensor]) -> None:
-        layers = self.model.decoder.layers
-
-        def grab(j: int) -> Any:
-            def hook(_m: torch.nn.Module, a: tuple[torch.Tensor, ...]) -> None:
-                out.append(a[0][0, -1].float().cpu())
-                if j == exit_dec:
-                    raise StopForward
-
-            return hook
-
-        handles = [layers[j].self_attn.out_proj.register_forward_pre_hook(grab(j)) for j in range(exit_dec + 1)]
-        try:
-            self.model.decoder(input_ids=ids, encoder_hidden_states=encoded, use_cache=False)
-        except StopForward:
-            pass
-        finally:
-            for handle in handles:
-                handle.remove()
+    def _decode(self, encoded: torch.Tensor, exit_dec: int) -> list[torch.Tensor]:
+        ids = torch.tensor([self.prompt_ids], device=self.device).expand(encoded.shape[0], -1)
+        return capture_heads(
+            lambda: self.model.decoder(input_ids=ids, encoder_hidden_states=encoded, use_cache=False),
+            [layer.self_attn.out_proj for layer in self.model.decoder.layers[: exit_dec + 1]],
+            lambda t: t[:, -1],
+        )

@@ -110,4 +110,6 @@ def test_fuzzed_classifier_files_load_or_are_refused(tmp_path: Path, data: st.Da
     except ClassifierFileError:
         return
     # whatever loads passed every check: usable, finite, weights normalised
-    assert torch.isfinite(clf.prototypes).all() and torch.allclose(clf.weights.sum(0), torch.ones(len(clf.labels)), atol=1e-4)
+    assert torch.isfinite(clf.prototypes).all() and torch.allclose(
+        clf.weights.sum(0), torch.ones(len(clf.labels)), atol=1e-4
+    )

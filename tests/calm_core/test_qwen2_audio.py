@@ -152,3 +152,21 @@ def test_prompt_without_audio_placeholder_is_refused(tiny_model_dir: Path) -> No
 def test_too_short_clip_is_an_error_not_a_text_only_forward(backbone) -> None:
     with pytest.raises(AudioError, match="too short"):
         backbone.head_activations([np.zeros(200, dtype=np.float32)])
+
+
+def test_weights_digest_ignores_header_key_order(tmp_path: Path) -> None:
+    import json
+    import struct
+
+    from calm_core.fingerprint import weights_digest
+
+    body = b"\x00" * 16
+    for name, meta in (("a", {"x": "1", "y": "2"}), ("b", {"y": "2", "x": "1"})):
+        header = json.dumps({"__metadata__": meta, "t": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}})
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header.encode() + body)
+    assert weights_digest(tmp_path / "a") == weights_digest(tmp_path / "b")
+    (tmp_path / "b" / "model.safetensors").write_bytes(
+        (tmp_path / "b" / "model.safetensors").read_bytes()[:-1] + b"\x01"
+    )
+    assert weights_digest(tmp_path / "a") != weights_digest(tmp_path / "b")

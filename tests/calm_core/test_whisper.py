@@ -91,9 +91,12 @@ def test_early_exit_equals_full_and_skips_the_decoder(whisper) -> None:
 
 @needs_bundle
 def test_decoder_heads_match_the_stock_decoder_forward(whisper) -> None:
+    from calm_core.backbones.qwen2_audio import mel_valid_frames
+
     clip = tone(660.0, 1.5)
     ours = whisper.head_activations([clip])[0, 4:]
-    encoded = whisper._encode(clip, 7, [])
+    mel, n_valid = mel_valid_frames(whisper.feature_extractor, clip)
+    _, encoded = whisper._encode(mel[None], n_valid, 7)
     captured = []
     hooks = [
         layer.self_attn.out_proj.register_forward_pre_hook(lambda _m, a, c=captured: c.append(a[0][0, -1]))
@@ -104,6 +107,14 @@ def test_decoder_heads_match_the_stock_decoder_forward(whisper) -> None:
     for h in hooks:
         h.remove()
     assert torch.allclose(torch.stack(captured).view_as(ours), ours, atol=1e-6)
+
+
+@needs_bundle
+def test_same_length_clips_batch_like_one_by_one(whisper) -> None:
+    clips = [tone(300.0, 2.0, seed=1), tone(900.0, 1.0, seed=2), tone(1500.0, 2.0, seed=3)]
+    batched = whisper.head_activations(clips)
+    for i, clip in enumerate(clips):
+        assert torch.allclose(batched[i], whisper.head_activations([clip])[0], atol=1e-5)
 
 
 @needs_bundle
