@@ -72,12 +72,15 @@ def bench_early_exit(name: str, device: str = "cpu", dtype: str = "fp32") -> dic
 
         return median_time(run)
 
-    if hasattr(bb, "_batch_embeddings"):  # Qwen2-Audio: the language model, then the vocabulary projection
-        embeds, mask, _ = bb._batch_embeddings(clips)
+    rows = []
+    exits = sorted({0, n // 4 - 1, n // 2 - 1, 3 * n // 4 - 1, n - 1} - {-1})
+    if hasattr(bb, "language_heads"):
+        # Qwen2-Audio: the same embeddings through the language model; the full forward also
+        # applies the vocabulary projection to every position, as the stock model does.
+        embeds, mask, last = bb._batch_embeddings(clips)
         hidden = bb.model.config.text_config.hidden_size
         vocab = bb.model.config.text_config.vocab_size
         lm_head = torch.nn.Linear(hidden, vocab, bias=False, device=bb.device, dtype=embeds.dtype)
-        t_prefix = timed(lambda: bb._batch_embeddings(clips))
 
         def full() -> None:
             with torch.inference_mode():
@@ -85,15 +88,17 @@ def bench_early_exit(name: str, device: str = "cpu", dtype: str = "fp32") -> dic
                 lm_head(out.last_hidden_state)
 
         t_full = timed(full)
-        t_head = timed(lambda: lm_head(torch.zeros(embeds.shape[1], hidden, device=bb.device, dtype=embeds.dtype)))
-    else:  # Whisper: encoder + decoder stack
-        t_prefix = 0.0
-        t_full = timed(lambda: bb.head_activations(clips))
-        t_head = 0.0
-    rows = []
-    for exit_layer in sorted({0, n // 4 - 1, n // 2 - 1, 3 * n // 4 - 1, n - 1} - {-1}):
-        t = timed(lambda e=exit_layer: bb.head_activations(clips, exit_layer=e)) - t_prefix
-        rows.append({"exit_layer": exit_layer, "seconds": t, "ratio": t / t_full, "ideal": (exit_layer + 1) / n})
+        with torch.inference_mode():
+            t_head = timed(lambda: lm_head(torch.zeros(embeds.shape[1], hidden, device=bb.device, dtype=embeds.dtype)))
+        for e in exits:
+            with torch.inference_mode():
+                t = timed(lambda e=e: bb.language_heads(embeds, mask, last, e))
+            rows.append({"exit_layer": e, "seconds": t, "ratio": t / t_full, "ideal": (e + 1) / n})
+    else:  # Whisper: audio front end, encoder and decoder, all counted
+        t_full, t_head = timed(lambda: bb.head_activations(clips)), 0.0
+        for e in exits:
+            t = timed(lambda e=e: bb.head_activations(clips, exit_layer=e))
+            rows.append({"exit_layer": e, "seconds": t, "ratio": t / t_full, "ideal": (e + 1) / n})
     return {"model": name, "n_layers": n, "full_with_lm_head_s": t_full, "lm_head_s": t_head, "rows": rows}
 
 
