@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, get_args
+from typing import Any, Literal, Protocol, get_args
 
 import numpy as np
 import torch
@@ -42,6 +42,42 @@ class LoadOptions:
     dtype: DType = "fp32"
     prompt: str | None = None
     load_layers: int | None = None  # None: all; n: only layers 0..n-1 are built and read from disk
+
+
+_PROCESSOR_KEYS = ("feature_size", "sampling_rate", "hop_length", "n_fft", "chunk_length", "n_samples")
+_VOLATILE_CONFIG_KEYS = ("_name_or_path", "dtype", "torch_dtype", "quantization_config", "transformers_version")
+
+
+def feature_fingerprint(
+    adapter: str,
+    config: dict[str, Any],
+    model_dir: Path,
+    precision: str,
+    prompt: str,
+    feature_extractor: Any,
+    layout: HeadLayout,
+    **extra: str,
+) -> Fingerprint:
+    """What an adapter's head features depend on; config keys that do not change them are dropped."""
+    from ..fingerprint import canonical_json, sha256_text, weights_digest
+
+    def strip(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: strip(v) if isinstance(v, dict) else v for k, v in d.items() if k not in _VOLATILE_CONFIG_KEYS}
+
+    fe = feature_extractor.to_dict()
+    return Fingerprint(
+        components={
+            "adapter": adapter,
+            "config": sha256_text(canonical_json(strip(config))),
+            "weights": weights_digest(model_dir),
+            "precision": precision,
+            "prompt": sha256_text(prompt),
+            "processor": canonical_json({k: fe.get(k) for k in _PROCESSOR_KEYS}),
+            "heads": f"{layout.n_layers}x{layout.n_heads}x{layout.head_dim}",
+            **extra,
+        },
+        model_id=model_dir.name,
+    )
 
 
 class StopForward(Exception):

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import AudioError, ModelLoadError
-from ..fingerprint import Fingerprint, canonical_json, sha256_text, weights_digest
-from .base import TORCH_DTYPES, HeadLayout, LoadOptions, capture_heads
+from ..fingerprint import Fingerprint
+from .base import TORCH_DTYPES, HeadLayout, LoadOptions, capture_heads, feature_fingerprint
 
 ADAPTER_VERSION = "qwen2_audio/1"
 AUDIO_PLACEHOLDER = "<|AUDIO|>"
@@ -26,7 +26,6 @@ DEFAULT_PROMPT = (
 # Zero samples appended before mel extraction: the frames just past the clip then match
 # the stock 30 s padded extraction, which the encoder's convolutions look into.
 _MEL_TAIL = 1600
-_PROCESSOR_KEYS = ("feature_size", "sampling_rate", "hop_length", "n_fft", "chunk_length", "n_samples")
 
 log = logging.getLogger(__name__)
 
@@ -158,22 +157,8 @@ class Qwen2AudioBackbone:
         full = config.to_dict()
         full["text_config"]["num_hidden_layers"] = self.layout.n_layers
         full["text_config"].pop("layer_types", None)
-        for key in ("_name_or_path", "dtype", "torch_dtype", "quantization_config", "transformers_version"):
-            full.pop(key, None)
-            full["text_config"].pop(key, None)
-            full["audio_config"].pop(key, None)
-        fe = self.feature_extractor.to_dict()
-        return Fingerprint(
-            components={
-                "adapter": ADAPTER_VERSION,
-                "config": sha256_text(canonical_json(full)),
-                "weights": weights_digest(self.model_dir),
-                "precision": options.dtype,
-                "prompt": sha256_text(self.prompt),
-                "processor": canonical_json({k: fe.get(k) for k in _PROCESSOR_KEYS}),
-                "heads": f"{self.layout.n_layers}x{self.layout.n_heads}x{self.layout.head_dim}",
-            },
-            model_id=self.model_dir.name,
+        return feature_fingerprint(
+            ADAPTER_VERSION, full, self.model_dir, options.dtype, self.prompt, self.feature_extractor, self.layout
         )
 
     @property

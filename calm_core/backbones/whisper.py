@@ -16,9 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import AudioError, ModelLoadError
-from ..fingerprint import Fingerprint, canonical_json, sha256_text, weights_digest
-from .base import TORCH_DTYPES, HeadLayout, LoadOptions, capture_heads
-from .qwen2_audio import _PROCESSOR_KEYS, _quiet_transformers, mel_valid_frames
+from .base import TORCH_DTYPES, HeadLayout, LoadOptions, capture_heads, feature_fingerprint
+from .qwen2_audio import _quiet_transformers, mel_valid_frames
 
 ADAPTER_VERSION = "whisper/1"
 
@@ -68,22 +67,10 @@ class WhisperBackbone:
         if not self.prompt_ids:
             raise ValueError(f"decoder prompt {self.prompt!r} encodes to no tokens")
         full = AutoConfig.from_pretrained(self.model_dir, local_files_only=True).to_dict()
-        for key in ("_name_or_path", "dtype", "torch_dtype", "transformers_version"):
-            full.pop(key, None)
-        fe = self.feature_extractor.to_dict()
-        self.fingerprint = Fingerprint(
-            components={
-                "adapter": ADAPTER_VERSION,
-                "config": sha256_text(canonical_json(full)),
-                "weights": weights_digest(self.model_dir),
-                "precision": options.dtype,
-                "prompt": sha256_text(self.prompt),
-                "processor": canonical_json({k: fe.get(k) for k in _PROCESSOR_KEYS}),
-                "heads": f"{self.layout.n_layers}x{self.layout.n_heads}x{self.layout.head_dim}",
-                "encoder_frames": "valid",
-            },
-            model_id=self.model_dir.name,
-        )
+        self.fingerprint = feature_fingerprint(
+            ADAPTER_VERSION, full, self.model_dir, options.dtype, self.prompt, self.feature_extractor, self.layout,
+            encoder_frames="valid",
+        )  # fmt: skip
 
     def _encode(self, mels: torch.Tensor, n_valid: int, exit_layer: int) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Run the encoder on clips of one length (their own frames only): per-layer mean head
