@@ -193,14 +193,13 @@ def _free_port() -> int:
 
 
 def _classifier(model: str, work: Path) -> Path:
+    """A small classifier fitted now (a cached one could be stale for the model's fingerprint)."""
+    from calm_core.cli import main as calm
+    from calm_core.testing import write_tone_dataset
+
     out = work / f"{Path(model).name}.calm.safetensors"
-    if not out.exists():
-        from calm_core.testing import write_tone_dataset
-
-        support = write_tone_dataset(work / "support", {"a": 300.0, "b": 900.0, "c": 2000.0}, per_class=4)
-        from calm_core.cli import main as calm
-
-        calm(["-q", "fit", "--model", model, "--support", str(support), "--out", str(out), "--no-cache"])
+    support = write_tone_dataset(work / "support", {"a": 300.0, "b": 900.0, "c": 2000.0}, per_class=4)
+    calm(["-q", "fit", "--model", model, "--support", str(support), "--out", str(out), "--no-cache"])
     return out
 
 
