@@ -89,11 +89,14 @@ def bench_early_exit(name: str, device: str = "cpu", dtype: str = "fp32") -> dic
 
         t_full = timed(full)
         with torch.inference_mode():
+            t_lm = timed(lambda: bb.model.language_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False))
             t_head = timed(lambda: lm_head(torch.zeros(embeds.shape[1], hidden, device=bb.device, dtype=embeds.dtype)))
         for e in exits:
             with torch.inference_mode():
                 t = timed(lambda e=e: bb.language_heads(embeds, mask, last, e))
-            rows.append({"exit_layer": e, "seconds": t, "ratio": t / t_full, "ideal": (e + 1) / n})
+            rows.append(
+                {"exit_layer": e, "seconds": t, "ratio": t / t_full, "ratio_lm": t / t_lm, "ideal": (e + 1) / n}
+            )
     else:  # Whisper: audio front end, encoder and decoder, all counted
         t_full, t_head = timed(lambda: bb.head_activations(clips)), 0.0
         for e in exits:
@@ -307,10 +310,14 @@ def report(results: dict[str, Any]) -> str:
             f"## 1. Early exit — {ee['model']} ({ee['n_layers']} layers)", "",
             f"Full forward with the vocabulary projection: {ee['full_with_lm_head_s'] * 1e3:.1f} ms "
             f"(projection alone {ee['lm_head_s'] * 1e3:.1f} ms).", "",
-            "| exit layer | time | ratio to full | ideal (L+1)/N |", "|---|---|---|---|",
+            "| exit layer | time | ratio to full | ratio to all layers, no projection | ideal (L+1)/N |",
+            "|---|---|---|---|---|",
         ]  # fmt: skip
         for r in ee["rows"]:
-            lines.append(f"| {r['exit_layer']} | {r['seconds'] * 1e3:.1f} ms | {r['ratio']:.3f} | {r['ideal']:.3f} |")
+            lm = f"{r['ratio_lm']:.3f}" if "ratio_lm" in r else "—"
+            lines.append(
+                f"| {r['exit_layer']} | {r['seconds'] * 1e3:.1f} ms | {r['ratio']:.3f} | {lm} | {r['ideal']:.3f} |"
+            )
         lines.append("")
     for mem in results.get("memory", []):
         lines += [
@@ -373,6 +380,7 @@ def main() -> int:
     p.add_argument("--model", help="with --device cuda: a Qwen2-Audio folder (7B, loaded in NF4)")
     p.add_argument("--quick", action="store_true", help="tiny and whisper models only, short latency runs")
     p.add_argument("--out", type=Path, default=Path("docs/performance.md"))
+    p.add_argument("--steps", nargs="+", help="run only these sections and merge them into the existing report")
     args = p.parse_args()
     if args.device.startswith("cuda"):
         from gpu import run_gpu
@@ -393,18 +401,22 @@ def main() -> int:
         ("pipeline", lambda: bench_pipeline(model_dir("whisper"), work)),
         (
             "latency",
-            lambda: bench_latency(model_dir("whisper"), work, [1, 4, 16, 32] if not args.quick else [1, 4], 15),
+            lambda: bench_latency(model_dir("whisper"), work, [1, 4, 16, 32, 64, 96] if not args.quick else [1, 4], 15),
         ),
         ("batching", lambda: [bench_batching(m) for m in ["tiny", *big, "whisper"]]),
         ("nf4", lambda: bench_nf4("medium" if big else "tiny")),
     ]
+    json_out = args.out.with_suffix(".json")
+    if args.steps:
+        results = {**json.loads(json_out.read_text()), **results}
+        steps = [(k, fn) for k, fn in steps if k in args.steps]
     for key, fn in steps:
         t = time.perf_counter()
         results[key] = fn()
         print(f"{key}: {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report(results) + "\n")
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=float))
+    json_out.write_text(json.dumps(results, indent=1, default=float))
     print(report(results))
     return 0
 
