@@ -56,7 +56,7 @@ def test_subscriber_counts_sequence_gaps() -> None:
 
 def test_slow_subscriber_does_not_block_or_starve_others() -> None:
     port = free_port()
-    pub = Publisher(PublishSection(endpoint=f"tcp://127.0.0.1:{port}", send_hwm=50))
+    pub = Publisher(PublishSection(endpoint=f"tcp://127.0.0.1:{port}", send_hwm=1000))
     ctx = zmq.Context.instance()
     stalled = ctx.socket(zmq.SUB)  # connects, subscribes, never reads
     stalled.setsockopt(zmq.RCVHWM, 10)
