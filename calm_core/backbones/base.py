@@ -189,6 +189,8 @@ def load_backbone(model: str | Path, options: LoadOptions = LoadOptions()) -> Ba
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     model_dir = resolve_model_dir(model)
+    if options.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {options.device!r} requested but CUDA is not available; use --device cpu")
     if options.dtype not in DTYPES:
         raise ModelLoadError(f"dtype {options.dtype!r} is not supported; allowed: {', '.join(DTYPES)}")
     try:

@@ -170,3 +170,12 @@ def test_weights_digest_ignores_header_key_order(tmp_path: Path) -> None:
         (tmp_path / "b" / "model.safetensors").read_bytes()[:-1] + b"\x01"
     )
     assert weights_digest(tmp_path / "a") != weights_digest(tmp_path / "b")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised where there is no CUDA device")
+@pytest.mark.parametrize("model", ["tiny", "bundled"])
+def test_cuda_requested_without_cuda_is_a_clear_error(tiny_model_dir: Path, model: str) -> None:
+    from calm_core.backbones.base import BUNDLED_WHISPER
+
+    with pytest.raises(ModelLoadError, match="CUDA is not available"):
+        load_backbone(tiny_model_dir if model == "tiny" else BUNDLED_WHISPER, LoadOptions(device="cuda"))
