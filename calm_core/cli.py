@@ -23,16 +23,25 @@ log = logging.getLogger("calm")
 
 
 def _model_args(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--model", required=required, help="model folder, or a hub id already in the local cache")
+    p.add_argument(
+        "--model",
+        required=required,
+        help="model folder, a hub id already in the local cache, or bundled:whisper-tiny.en",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--dtype", choices=DTYPES, default=None, help="precision (default: nf4 on CUDA, fp32 on CPU)")
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=None,
+        help="precision (default: the backbone's for the device: Qwen2-Audio nf4 on CUDA, fp32 on CPU)",
+    )
     p.add_argument("--batch-size", type=int, default=4, help="clips per forward pass (default 4)")
     p.add_argument("--cache-dir", type=Path, default=default_cache_dir(), help="feature cache folder")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
 
 
 def _open_backbone(args: argparse.Namespace, load_layers: int | None, dtype: str | None = None) -> Backbone:
-    dtype = dtype or args.dtype or ("nf4" if args.device.startswith("cuda") else "fp32")
+    dtype = dtype or args.dtype
     prompt = Path(args.prompt_file).read_text() if getattr(args, "prompt_file", None) else None
     options = LoadOptions(device=args.device, dtype=dtype, prompt=prompt, load_layers=load_layers)  # type: ignore[arg-type]
     return load_backbone(args.model, options)

@@ -25,7 +25,7 @@ class ModelSection(_Section):
     path: str  # model folder, or a hub id already in the local cache
     classifier: Path
     device: str = "cpu"
-    dtype: Literal["fp32", "fp16", "bf16", "nf4"] | None = None  # None: nf4 on CUDA, fp32 on CPU
+    dtype: Literal["fp32", "fp16", "bf16", "nf4"] | None = None  # None: the classifier's own precision
 
 
 class InferenceSection(_Section):

@@ -118,7 +118,8 @@ class Service:
         clf = CalmClassifier.load(classifier_path)
         if backbone is None:
             m = self.cfg.model
-            dtype = m.dtype or ("nf4" if m.device.startswith("cuda") else "fp32")
+            # Unset precision: the one the classifier was fitted with, so its features match.
+            dtype = m.dtype or clf.fingerprint.components.get("precision")
             options = LoadOptions(device=m.device, dtype=dtype, load_layers=clf.exit_layer + 1)  # type: ignore[arg-type]
             backbone = load_backbone(m.path, options)
         clf.check_features(backbone.fingerprint, self.cfg.model.path)

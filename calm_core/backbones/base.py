@@ -39,7 +39,7 @@ class LoadOptions:
     """How to load a backbone: device, precision, prompt and how many decoder layers to keep."""
 
     device: str = "cpu"
-    dtype: DType = "fp32"
+    dtype: DType | None = None  # None: the adapter's default for the device
     prompt: str | None = None
     load_layers: int | None = None  # None: all; n: only layers 0..n-1 are built and read from disk
 
@@ -191,7 +191,7 @@ def load_backbone(model: str | Path, options: LoadOptions = LoadOptions()) -> Ba
     model_dir = resolve_model_dir(model)
     if options.device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelLoadError(f"device {options.device!r} requested but CUDA is not available; use --device cpu")
-    if options.dtype not in DTYPES:
+    if options.dtype is not None and options.dtype not in DTYPES:
         raise ModelLoadError(f"dtype {options.dtype!r} is not supported; allowed: {', '.join(DTYPES)}")
     try:
         model_type = json.loads((model_dir / "config.json").read_text())["model_type"]

@@ -117,7 +117,9 @@ class Qwen2AudioBackbone:
                 text.layer_types = text.layer_types[: self.loaded_layers]
         kwargs: dict[str, Any] = {"config": config, "local_files_only": True, "device_map": {"": self.device}}
         compute = torch.float16 if self.device.type == "cuda" else torch.float32
-        if options.dtype == "nf4":
+        # Default: 4-bit NF4 on CUDA, where a 7B model must fit; fp32 on CPU.
+        precision = options.dtype or ("nf4" if self.device.type == "cuda" else "fp32")
+        if precision == "nf4":
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True,
                 bnb_4bit_quant_type="nf4",
@@ -126,7 +128,7 @@ class Qwen2AudioBackbone:
             )
             kwargs["dtype"] = compute
         else:
-            kwargs["dtype"] = TORCH_DTYPES[options.dtype]
+            kwargs["dtype"] = TORCH_DTYPES[precision]
         try:
             with _quiet_transformers():
                 self.processor = AutoProcessor.from_pretrained(self.model_dir, local_files_only=True)
@@ -140,7 +142,7 @@ class Qwen2AudioBackbone:
         self.prompt = options.prompt or DEFAULT_PROMPT
         self._prefix_ids, self._suffix_ids = self._split_prompt(self.prompt)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.fingerprint = self._fingerprint(config, options)
+        self.fingerprint = self._fingerprint(config, precision)
 
     def _split_prompt(self, prompt: str) -> tuple[list[int], list[int]]:
         if prompt.count(AUDIO_PLACEHOLDER) != 1:
@@ -151,12 +153,12 @@ class Qwen2AudioBackbone:
             self.tokenizer(tail, add_special_tokens=False)["input_ids"],
         )
 
-    def _fingerprint(self, config: Any, options: LoadOptions) -> Fingerprint:
+    def _fingerprint(self, config: Any, precision: str) -> Fingerprint:
         full = config.to_dict()
         full["text_config"]["num_hidden_layers"] = self.layout.n_layers
         full["text_config"].pop("layer_types", None)
         return feature_fingerprint(
-            ADAPTER_VERSION, full, self.model_dir, options.dtype, self.prompt, self.feature_extractor, self.layout
+            ADAPTER_VERSION, full, self.model_dir, precision, self.prompt, self.feature_extractor, self.layout
         )
 
     @property

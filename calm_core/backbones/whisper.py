@@ -30,7 +30,8 @@ class WhisperBackbone:
 
         self.model_dir = Path(model_dir)
         self.device = torch.device(options.device)
-        if options.dtype == "nf4":
+        precision = options.dtype or ("fp16" if self.device.type == "cuda" else "fp32")
+        if precision == "nf4":
             raise ModelLoadError("nf4 is not offered for Whisper backbones (they are small); use fp32, fp16 or bf16")
         config = AutoConfig.from_pretrained(self.model_dir, local_files_only=True)
         self.n_enc, self.n_dec = config.encoder_layers, config.decoder_layers
@@ -51,7 +52,7 @@ class WhisperBackbone:
                 self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
                 self.feature_extractor = WhisperFeatureExtractor.from_pretrained(self.model_dir, local_files_only=True)
                 model = WhisperModel.from_pretrained(
-                    self.model_dir, config=config, dtype=TORCH_DTYPES[options.dtype], local_files_only=True
+                    self.model_dir, config=config, dtype=TORCH_DTYPES[precision], local_files_only=True
                 )
                 self.model = model.to(self.device).eval()  # type: ignore[arg-type]
         except (OSError, ValueError) as e:
@@ -68,7 +69,7 @@ class WhisperBackbone:
             raise ValueError(f"decoder prompt {self.prompt!r} encodes to no tokens")
         full = AutoConfig.from_pretrained(self.model_dir, local_files_only=True).to_dict()
         self.fingerprint = feature_fingerprint(
-            ADAPTER_VERSION, full, self.model_dir, options.dtype, self.prompt, self.feature_extractor, self.layout,
+            ADAPTER_VERSION, full, self.model_dir, precision, self.prompt, self.feature_extractor, self.layout,
             encoder_frames="valid",
         )  # fmt: skip
 

