@@ -84,6 +84,17 @@ class StopForward(Exception):
     """Raised from a hook once the deepest needed head has been read: the early exit."""
 
 
+def resolve_exit_layer(exit_layer: int | None, loaded_layers: int) -> int:
+    """The layer to stop after: the deepest loaded one when unset; an error outside what is loaded."""
+    if exit_layer is None:
+        return loaded_layers - 1
+    if not 0 <= exit_layer < loaded_layers:
+        raise ValueError(
+            f"exit_layer {exit_layer} is outside the {loaded_layers} loaded layers (0..{loaded_layers - 1})"
+        )
+    return exit_layer
+
+
 def capture_heads(
     run: Callable[[], object],
     projections: Sequence[torch.nn.Module],

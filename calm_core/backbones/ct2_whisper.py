@@ -77,34 +77,33 @@ def _split(state: dict[str, torch.Tensor], dsts: list[str], src: dict[str, np.nd
             state[f"{dst}.bias"] = torch.from_numpy(b.copy())
 
 
+def _self_attention_and_ffn(state: dict[str, torch.Tensor], dst: str, v: dict[str, np.ndarray], src: str) -> None:
+    """The parts every encoder and decoder layer has: self-attention and feed-forward, with their norms."""
+    _norm(state, f"{dst}.self_attn_layer_norm", v, f"{src}/self_attention/layer_norm")
+    _split(state, [f"{dst}.self_attn.{p}_proj" for p in "qkv"], v, f"{src}/self_attention/linear_0")
+    _linear(state, f"{dst}.self_attn.out_proj", v, f"{src}/self_attention/linear_1")
+    _norm(state, f"{dst}.final_layer_norm", v, f"{src}/ffn/layer_norm")
+    _linear(state, f"{dst}.fc1", v, f"{src}/ffn/linear_0")
+    _linear(state, f"{dst}.fc2", v, f"{src}/ffn/linear_1")
+
+
 def whisper_state_dict(v: dict[str, np.ndarray], n_enc: int, n_dec: int) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for conv in ("conv1", "conv2"):
         _linear(state, f"model.encoder.{conv}", v, f"encoder/{conv}")
     state["model.encoder.embed_positions.weight"] = torch.from_numpy(v["encoder/position_encodings/encodings"].copy())
     for i in range(n_enc):
-        src, dst = f"encoder/layer_{i}", f"model.encoder.layers.{i}"
-        _norm(state, f"{dst}.self_attn_layer_norm", v, f"{src}/self_attention/layer_norm")
-        _split(state, [f"{dst}.self_attn.{p}_proj" for p in "qkv"], v, f"{src}/self_attention/linear_0")
-        _linear(state, f"{dst}.self_attn.out_proj", v, f"{src}/self_attention/linear_1")
-        _norm(state, f"{dst}.final_layer_norm", v, f"{src}/ffn/layer_norm")
-        _linear(state, f"{dst}.fc1", v, f"{src}/ffn/linear_0")
-        _linear(state, f"{dst}.fc2", v, f"{src}/ffn/linear_1")
+        _self_attention_and_ffn(state, f"model.encoder.layers.{i}", v, f"encoder/layer_{i}")
     _norm(state, "model.encoder.layer_norm", v, "encoder/layer_norm")
     state["model.decoder.embed_tokens.weight"] = torch.from_numpy(v["decoder/embeddings/weight"].copy())
     state["model.decoder.embed_positions.weight"] = torch.from_numpy(v["decoder/position_encodings/encodings"].copy())
     for i in range(n_dec):
         src, dst = f"decoder/layer_{i}", f"model.decoder.layers.{i}"
-        _norm(state, f"{dst}.self_attn_layer_norm", v, f"{src}/self_attention/layer_norm")
-        _split(state, [f"{dst}.self_attn.{p}_proj" for p in "qkv"], v, f"{src}/self_attention/linear_0")
-        _linear(state, f"{dst}.self_attn.out_proj", v, f"{src}/self_attention/linear_1")
+        _self_attention_and_ffn(state, dst, v, src)
         _norm(state, f"{dst}.encoder_attn_layer_norm", v, f"{src}/attention/layer_norm")
         _linear(state, f"{dst}.encoder_attn.q_proj", v, f"{src}/attention/linear_0")
         _split(state, [f"{dst}.encoder_attn.{p}_proj" for p in "kv"], v, f"{src}/attention/linear_1")
         _linear(state, f"{dst}.encoder_attn.out_proj", v, f"{src}/attention/linear_2")
-        _norm(state, f"{dst}.final_layer_norm", v, f"{src}/ffn/layer_norm")
-        _linear(state, f"{dst}.fc1", v, f"{src}/ffn/linear_0")
-        _linear(state, f"{dst}.fc2", v, f"{src}/ffn/linear_1")
     _norm(state, "model.decoder.layer_norm", v, "decoder/layer_norm")
     return state
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ..errors import AudioError, ModelLoadError
 from ..fingerprint import Fingerprint
-from .base import TORCH_DTYPES, HeadLayout, LoadOptions, capture_heads, feature_fingerprint
+from .base import TORCH_DTYPES, HeadLayout, LoadOptions, capture_heads, feature_fingerprint, resolve_exit_layer
 
 ADAPTER_VERSION = "qwen2_audio/1"
 AUDIO_PLACEHOLDER = "<|AUDIO|>"
@@ -193,12 +193,7 @@ class Qwen2AudioBackbone:
 
     @torch.inference_mode()
     def head_activations(self, clips: Sequence[np.ndarray], exit_layer: int | None = None) -> torch.Tensor:
-        exit_layer = self.loaded_layers - 1 if exit_layer is None else exit_layer
-        if not 0 <= exit_layer < self.loaded_layers:
-            raise ValueError(
-                f"exit_layer {exit_layer} is outside the {self.loaded_layers} loaded layers "
-                f"(0..{self.loaded_layers - 1})"
-            )
+        exit_layer = resolve_exit_layer(exit_layer, self.loaded_layers)
         if not clips:
             return torch.empty(0, exit_layer + 1, self.layout.n_heads, self.layout.head_dim)
         embeds, mask, last = self._batch_embeddings(clips)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import AudioError, ModelLoadError
-from .base import TORCH_DTYPES, HeadLayout, LoadOptions, capture_heads, feature_fingerprint
+from .base import TORCH_DTYPES, HeadLayout, LoadOptions, capture_heads, feature_fingerprint, resolve_exit_layer
 from .qwen2_audio import _quiet_transformers, mel_valid_frames
 
 ADAPTER_VERSION = "whisper/1"
@@ -103,12 +103,7 @@ class WhisperBackbone:
 
     @torch.inference_mode()
     def head_activations(self, clips: Sequence[np.ndarray], exit_layer: int | None = None) -> torch.Tensor:
-        exit_layer = self.loaded_layers - 1 if exit_layer is None else exit_layer
-        if not 0 <= exit_layer < self.loaded_layers:
-            raise ValueError(
-                f"exit_layer {exit_layer} is outside the {self.loaded_layers} loaded layers "
-                f"(0..{self.loaded_layers - 1})"
-            )
+        exit_layer = resolve_exit_layer(exit_layer, self.loaded_layers)
         out = torch.empty(len(clips), exit_layer + 1, self.layout.n_heads * self.layout.head_dim)
         mels = []
         for clip in clips:
