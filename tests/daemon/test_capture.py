@@ -162,3 +162,37 @@ def test_microphone_through_pulseaudio(
     assert len(labels) >= 2, log
     assert all(0.5 <= e.end_s - e.start_s <= 3.0 for e in labels)
     assert "live" in states_of(events, "desk") and code == 0
+
+
+def test_microphone_that_vanishes_is_retried_and_comes_back(
+    tmp_path: Path, tiny_model_dir, classifier_file, speech_like_wav, pulse, daemon_factory
+):
+    config = write_config(
+        tmp_path / "calmd.toml", tiny_model_dir, classifier_file,
+        '[[streams]]\nid = "desk"\ntype = "mic"\ndevice = "pulse"\nstall_timeout_s = 2.0\n'
+        "backoff_initial_s = 0.5\nbackoff_max_s = 1.0\n",
+    )  # fmt: skip
+    play = f'while true; do paplay --device=calmsink "{speech_like_wav}"; sleep 0.2; done'
+    player = subprocess.Popen(["sh", "-c", play], env=pulse)
+    try:
+        with Subscriber(endpoint_of(config), ["desk"]) as sub:
+            daemon = daemon_factory(config, env={"XDG_RUNTIME_DIR": pulse["XDG_RUNTIME_DIR"]})
+            before = collect(sub, 60, until=lambda ev: len(labels_of(ev, "desk")) >= 1)
+            assert labels_of(before, "desk"), daemon.stop()[1]
+            subprocess.run(["pulseaudio", "--kill"], env=pulse, timeout=10)  # the sound server vanishes
+            gone = collect(sub, 30, until=lambda ev: "backoff" in states_of(ev, "desk"))
+            subprocess.run(
+                ["pulseaudio", "--daemonize=yes", "--exit-idle-time=-1", "-n", "--load=module-native-protocol-unix",
+                 "--load=module-null-sink sink_name=calmsink", "--use-pid-file=yes"],
+                env=pulse, check=True, capture_output=True, timeout=30,
+            )  # fmt: skip
+            subprocess.run(["pactl", "set-default-source", "calmsink.monitor"], env=pulse, check=True, timeout=10)
+            back = collect(
+                sub, 60, until=lambda ev: len(labels_of(ev, "desk")) >= 1 and "live" in states_of(ev, "desk")
+            )
+            code, log = daemon.stop()
+    finally:
+        player.kill()
+    assert "backoff" in states_of(gone, "desk"), log[-3000:]
+    assert labels_of(back, "desk") and states_of(back, "desk")[-1] == "live", log[-3000:]
+    assert code == 0
