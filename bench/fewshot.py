@@ -29,15 +29,21 @@ def accuracy(clf: CalmClassifier, feats: torch.Tensor, y: torch.Tensor, method: 
     return float((clf.scores(feats, method).argmax(1) == y).float().mean())  # type: ignore[arg-type]
 
 
-def run(feats, y, test_feats, test_y, labels, layout, fp, shots, draws, config: CalmConfig, seed=0):
+def run(feats, y, test_feats, test_y, labels, layout, fp, shots, draws, config: CalmConfig, seed=0, val=0):
+    """val > 0: that many further pool clips per class form a validation set for reliability."""
     rows = {"calm": [], "sav": [], "exit_layer": []}
     gen = torch.Generator().manual_seed(seed)
     for _ in range(draws):
-        idx = torch.cat([
-            torch.nonzero(y == c).flatten()[torch.randperm(int((y == c).sum()), generator=gen)[:shots]]
+        perms = [
+            torch.nonzero(y == c).flatten()[torch.randperm(int((y == c).sum()), generator=gen)]
             for c in range(len(labels))
-        ])  # fmt: skip
-        clf = CalmClassifier.fit(feats[idx], y[idx], labels, layout, fp, config)
+        ]
+        idx = torch.cat([p[:shots] for p in perms])
+        val_idx = torch.cat([p[shots : shots + val] for p in perms]) if val else None
+        clf = CalmClassifier.fit(
+            feats[idx], y[idx], labels, layout, fp, config,
+            None if val_idx is None else feats[val_idx], None if val_idx is None else y[val_idx],
+        )  # fmt: skip
         rows["calm"].append(accuracy(clf, test_feats, test_y, "calm"))
         rows["sav"].append(accuracy(clf, test_feats, test_y, "sav"))
         rows["exit_layer"].append(clf.exit_layer)
@@ -75,7 +81,7 @@ def main() -> int:
     result = {
         "model": args.model, "layout": str(backbone.layout),
         "classes": labels, "pool_per_class": len(pool) // len(labels), "test_clips": len(test),
-        "draws": args.draws, "feature_seconds": round(extract_s, 2), "shots": {}, "sweep": {},
+        "draws": args.draws, "feature_seconds": round(extract_s, 2), "shots": {}, "validation": {}, "sweep": {},
     }  # fmt: skip
     print(f"| shots | CALM | SAV | exit layer (of {backbone.layout.n_layers}) |")
     print("|---|---|---|---|")
@@ -84,6 +90,11 @@ def main() -> int:
         result["shots"][shots] = rows
         exits = f"{min(rows['exit_layer'])}-{max(rows['exit_layer'])}"
         print(f"| {shots} | {summary(rows['calm'])} | {summary(rows['sav'])} | {exits} |", flush=True)
+    print("\n| support + validation clips per class | CALM | SAV |\n|---|---|---|")
+    for shots, val in ((2, 4), (4, 4), (4, 6)):
+        rows = run(feats, y, test_feats, ty, labels, backbone.layout, fp, shots, args.draws, CalmConfig(), val=val)
+        result["validation"][f"{shots}+{val}"] = rows
+        print(f"| {shots} + {val} | {summary(rows['calm'])} | {summary(rows['sav'])} |", flush=True)
     if args.sweep:
         grid = {
             "default": CalmConfig(),
