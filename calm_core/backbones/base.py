@@ -178,6 +178,8 @@ def resolve_model_dir(model: str | Path) -> Path:
         return path
     if path.exists():
         raise ModelLoadError(f"{path}: is a file; expected a model folder or a hub id in the local cache")
+    if str(model).startswith(("/", ".", "~")) or str(model).count("/") > 1:
+        raise ModelLoadError(f"{model}: no such model folder")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 

@@ -138,8 +138,10 @@ def test_nf4_quantised_load_runs_on_cpu(tiny_model_dir: Path, backbone) -> None:
 
 
 def test_missing_model_names_the_path(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match="not in the local Hugging Face cache"):
+    with pytest.raises(ModelLoadError, match="absent: no such model folder"):
         load_backbone(tmp_path / "absent")
+    with pytest.raises(ModelLoadError, match="not in the local Hugging Face cache"):
+        load_backbone("nobody/no-such-model")
     with pytest.raises(ModelLoadError, match="no config.json"):
         load_backbone(tmp_path)
 
