@@ -7,6 +7,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -128,8 +129,6 @@ class Service:
                 f"{classifier_path}: needs layers up to {clf.exit_layer}, but only {backbone.loaded_layers} are "
                 "loaded; restart calmd to load more"
             )
-        from pathlib import Path
-
         return Model(backbone, clf, Path(classifier_path).name.split(".")[0])
 
     def reload(self) -> bool:
@@ -339,8 +338,9 @@ class Service:
                 last_error=st.last_error,
             )
         clf = self.model.classifier
-        seq = self.status_seq
-        self.status_seq += 1
+        with self.stats_lock:  # heartbeats and reloads publish from different threads
+            seq = self.status_seq
+            self.status_seq += 1
         return StatusEvent(
             seq=seq,
             time_utc=utc_iso(time.time()),
