@@ -3,6 +3,8 @@
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from daemon.config import ConfigError, load_config, parse_config
 
@@ -74,3 +76,31 @@ def test_file_errors_and_overrides(tmp_path: Path) -> None:
         load_config(bad)
     cfg = load_config(EXAMPLE, {"model.device": "cpu", "publish.endpoint": "tcp://127.0.0.1:6000"})
     assert cfg.model.device == "cpu" and cfg.publish.endpoint.endswith(":6000")
+
+
+SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(-(10**6), 10**6), st.floats(allow_nan=True), st.text(max_size=12)
+)
+KEYS = st.sampled_from(["path", "classifier", "device", "dtype", "endpoint", "port", "host", "mode", "id", "type",
+                        "url", "frame_ms", "batch_size", "queue_size", "heartbeat_s", "loop", "bogus"])  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.dictionaries(
+        st.sampled_from(["model", "inference", "publish", "metrics", "vad", "events", "streams", "extra"]),
+        st.one_of(
+            SCALARS,
+            st.dictionaries(KEYS, SCALARS, max_size=5),
+            st.lists(st.dictionaries(KEYS, SCALARS, max_size=5), max_size=3),
+        ),
+        max_size=6,
+    )
+)
+def test_any_document_is_accepted_or_refused_with_config_error(data: dict) -> None:
+    try:
+        cfg = parse_config(data, "fuzz.toml")
+    except ConfigError as e:
+        assert str(e).startswith("fuzz.toml: invalid configuration")
+        return
+    assert cfg.streams and cfg.model.path
