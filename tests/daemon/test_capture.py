@@ -122,6 +122,16 @@ loop = true
     assert code == 0
 
 
+def start_pulse(env: dict[str, str]) -> None:
+    """A PulseAudio server with a null sink whose monitor is the default capture source."""
+    subprocess.run(
+        ["pulseaudio", "--daemonize=yes", "--exit-idle-time=-1", "-n", "--load=module-native-protocol-unix",
+         "--load=module-null-sink sink_name=calmsink", "--use-pid-file=yes"],
+        env=env, check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    subprocess.run(["pactl", "set-default-source", "calmsink.monitor"], env=env, check=True, timeout=10)
+
+
 @pytest.fixture
 def pulse(tmp_path: Path):
     if not (shutil.which("pulseaudio") and shutil.which("paplay")):
@@ -129,12 +139,7 @@ def pulse(tmp_path: Path):
     runtime = tmp_path / "pulse-runtime"
     runtime.mkdir(mode=0o700)
     env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime)}
-    subprocess.run(
-        ["pulseaudio", "--daemonize=yes", "--exit-idle-time=-1", "-n", "--load=module-native-protocol-unix",
-         "--load=module-null-sink sink_name=calmsink", "--use-pid-file=yes"],
-        env=env, check=True, capture_output=True, timeout=30,
-    )  # fmt: skip
-    subprocess.run(["pactl", "set-default-source", "calmsink.monitor"], env=env, check=True, timeout=10)
+    start_pulse(env)
     yield env
     subprocess.run(["pulseaudio", "--kill"], env=env, timeout=10)
 
@@ -181,12 +186,7 @@ def test_microphone_that_vanishes_is_retried_and_comes_back(
             assert labels_of(before, "desk"), daemon.stop()[1]
             subprocess.run(["pulseaudio", "--kill"], env=pulse, timeout=10)  # the sound server vanishes
             gone = collect(sub, 30, until=lambda ev: "backoff" in states_of(ev, "desk"))
-            subprocess.run(
-                ["pulseaudio", "--daemonize=yes", "--exit-idle-time=-1", "-n", "--load=module-native-protocol-unix",
-                 "--load=module-null-sink sink_name=calmsink", "--use-pid-file=yes"],
-                env=pulse, check=True, capture_output=True, timeout=30,
-            )  # fmt: skip
-            subprocess.run(["pactl", "set-default-source", "calmsink.monitor"], env=pulse, check=True, timeout=10)
+            start_pulse(pulse)
             back = collect(
                 sub, 60, until=lambda ev: len(labels_of(ev, "desk")) >= 1 and "live" in states_of(ev, "desk")
             )
