@@ -57,6 +57,13 @@ class Source:
         return False
 
     def _run(self) -> None:
+        try:
+            self._reconnect_loop()
+        except Exception as e:  # the thread's edge: an unforeseen error must not leave the stream silently dead
+            log.exception("stream %s: stopped by an unexpected error", self.cfg.id)
+            self.on_state("failed", f"{e.__class__.__name__}: {e}")
+
+    def _reconnect_loop(self) -> None:
         delay = self.cfg.backoff_initial_s
         while not self.stop_event.is_set():
             self.on_state("connecting", None)
@@ -196,7 +203,10 @@ class MicSource(Source):
 
         import sounddevice as sd
 
-        info = sd.query_devices(self.cfg.device, "input")
+        try:
+            info = sd.query_devices(self.cfg.device, "input")
+        except sd.PortAudioError as e:
+            raise OSError(f"capture device {self.cfg.device!r}: {e}") from e
         rate = int(self.cfg.sample_rate or info["default_samplerate"])
         blocks: queue.Queue[np.ndarray] = queue.Queue(maxsize=100)
         resampler = None if rate == SAMPLE_RATE else soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32")
@@ -207,7 +217,13 @@ class MicSource(Source):
             except queue.Full:
                 pass  # the consumer is gone or stuck; the stall timeout reports it
 
-        with sd.InputStream(device=self.cfg.device, channels=1, samplerate=rate, dtype="float32", callback=callback):
+        try:
+            stream = sd.InputStream(
+                device=self.cfg.device, channels=1, samplerate=rate, dtype="float32", callback=callback
+            )
+        except sd.PortAudioError as e:  # device gone, sound server down: retried like any dropped source
+            raise OSError(f"capture device {self.cfg.device!r} could not be opened: {e}") from e
+        with stream:
             while not self.stop_event.is_set():
                 try:
                     block = blocks.get(timeout=self.cfg.stall_timeout_s)

@@ -1,0 +1,47 @@
+"""Source threads: every failure ends in a retry or a visible state, never a silently dead stream."""
+
+import time
+
+import pytest
+import sounddevice as sd
+
+from daemon.config import StreamSection
+from daemon.sources import MicSource, Source
+
+
+def run_source(source: Source, until, timeout: float = 10.0) -> list[tuple[str, str | None]]:
+    states: list[tuple[str, str | None]] = []
+    source.on_state = lambda state, error: states.append((state, error))
+    source.start()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not until(states):
+        time.sleep(0.02)
+    source.stop()
+    source.thread.join(5)
+    return states
+
+
+def test_a_device_that_cannot_be_opened_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_args, **_kwargs):
+        raise sd.PortAudioError("Unanticipated host error")
+
+    monkeypatch.setattr(sd, "query_devices", lambda *_a, **_k: {"default_samplerate": 48000.0})
+    monkeypatch.setattr(sd, "InputStream", refuse)
+    cfg = StreamSection(id="mic", type="mic", backoff_initial_s=0.05, backoff_max_s=0.1)
+    source = MicSource(cfg, lambda chunk: None, lambda *_: None)
+    states = run_source(source, lambda s: sum(x[0] == "backoff" for x in s) >= 3)
+    backoffs = [e for state, e in states if state == "backoff"]
+    assert len(backoffs) >= 3 and source.reconnects >= 3
+    assert "could not be opened" in backoffs[0] and "Unanticipated host error" in backoffs[0]
+    assert source.thread.is_alive() is False  # stopped on request, not by the error
+
+
+def test_an_unforeseen_error_marks_the_stream_failed() -> None:
+    class Broken(Source):
+        def chunks(self):
+            raise KeyError("bug")
+            yield  # pragma: no cover
+
+    cfg = StreamSection(id="x", type="stdin", sample_rate=8000)
+    states = run_source(Broken(cfg, lambda chunk: None, lambda *_: None), lambda s: any(x[0] == "failed" for x in s))
+    assert states[-1] == ("failed", "KeyError: 'bug'")
