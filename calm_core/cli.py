@@ -80,7 +80,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
         feats, torch.tensor(y), labels, backbone.layout, backbone.fingerprint, config, val_feats, val_y
     )
     clf.info["model_path"] = str(Path(args.model).expanduser().resolve()) if Path(args.model).exists() else args.model
-    clf.info["dtype"] = backbone.fingerprint.components["precision"]
     clf.save(args.out)
     summary = {
         "classifier": str(args.out),
@@ -97,15 +96,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_classifier_and_backbone(args: argparse.Namespace, exit_layer: int) -> tuple[CalmClassifier, Backbone]:
-    clf = CalmClassifier.load(args.classifier)
+def _backbone_for(args: argparse.Namespace, clf: CalmClassifier, exit_layer: int) -> Backbone:
+    """The model the classifier was fitted on (or --model), at its precision, loaded up to exit_layer."""
     if args.model is None:
         args.model = clf.info.get("model_path")
         if not args.model:
             raise CalmError(f"{args.classifier}: records no model path; pass --model")
-    backbone = _open_backbone(args, exit_layer + 1, dtype=args.dtype or str(clf.info.get("dtype", "")) or None)
+    backbone = _open_backbone(args, exit_layer + 1, dtype=args.dtype or clf.fingerprint.components.get("precision"))
     clf.check_features(backbone.fingerprint, str(args.model))
-    return clf, backbone
+    return backbone
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -114,7 +113,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     clf = CalmClassifier.load(args.classifier)
     depth = clf.exit_layer_for(("calm", "sav"))
-    clf, backbone = _load_classifier_and_backbone(args, depth)
+    backbone = _backbone_for(args, clf, depth)
     data = load_examples(args.data)
     _, y = label_index(data, clf.labels)
     feats = _store(args, backbone).extract([e.path for e in data], depth, progress=not args.quiet, desc="eval")
@@ -127,7 +126,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from .audio import load_audio
 
     clf = CalmClassifier.load(args.classifier)
-    clf, backbone = _load_classifier_and_backbone(args, clf.exit_layer)
+    backbone = _backbone_for(args, clf, clf.exit_layer)
     rows: list[dict[str, Any]] = []
     for path in args.audio:
         t0 = time.perf_counter()
