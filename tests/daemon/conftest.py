@@ -83,7 +83,7 @@ def schema(name: str) -> dict:
 class Daemon:
     def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "--config", str(config), "--log-level", "debug", *args],
+            [sys.executable, "-m", "calmd", "--config", str(config), "--log-level", "debug", *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**ENV, **(env or {})}, text=True,
         )  # fmt: skip
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from daemon.client import Subscriber
-from daemon.events import LabelEvent, StatusEvent
+from calmd.client import Subscriber
+from calmd.events import LabelEvent, StatusEvent
 
 from .conftest import endpoint_of, free_port, write_config
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.config import ConfigError, load_config, parse_config
+from calmd.config import ConfigError, load_config, parse_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "calmd.toml"
 BASE = {"model": {"path": "/m", "classifier": "/c.safetensors"}, "streams": [{"id": "a", "type": "mic"}]}

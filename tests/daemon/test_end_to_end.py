@@ -6,8 +6,8 @@ from pathlib import Path
 
 import jsonschema
 
-from daemon.client import Subscriber
-from daemon.events import LabelEvent, StatusEvent
+from calmd.client import Subscriber
+from calmd.events import LabelEvent, StatusEvent
 
 from .conftest import endpoint_of, schema, write_config
 

@@ -8,8 +8,8 @@ import socket
 import time
 from pathlib import Path
 
-from daemon.client import Subscriber
-from daemon.events import LabelEvent, StatusEvent
+from calmd.client import Subscriber
+from calmd.events import LabelEvent, StatusEvent
 
 from .conftest import endpoint_of, write_config
 

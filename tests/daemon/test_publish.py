@@ -11,10 +11,10 @@ import pytest
 import zmq
 import zmq.auth
 
-from daemon.client import Subscriber
-from daemon.config import PublishSection
-from daemon.events import EdgeEvent, LabelEvent, Scored, StatusEvent, StreamStatus, decode, encode
-from daemon.publisher import Publisher
+from calmd.client import Subscriber
+from calmd.config import PublishSection
+from calmd.events import EdgeEvent, LabelEvent, Scored, StatusEvent, StreamStatus, decode, encode
+from calmd.publisher import Publisher
 
 from .conftest import ENV, endpoint_of, free_port, schema, write_config
 

@@ -17,8 +17,8 @@ import pytest
 import soundfile as sf
 
 from calm_core.testing import voiced
-from daemon.client import Subscriber
-from daemon.events import LabelEvent, StatusEvent
+from calmd.client import Subscriber
+from calmd.events import LabelEvent, StatusEvent
 
 from .conftest import ENV, endpoint_of, write_config
 
@@ -73,7 +73,7 @@ def test_publish_port_in_use_is_a_clear_start_error(tmp_path, tiny_model_dir, cl
         busy.bind((host, int(port)))
         busy.listen(1)
         proc = subprocess.run(
-            [sys.executable, "-m", "daemon", "--config", str(config), "--no-metrics"],
+            [sys.executable, "-m", "calmd", "--config", str(config), "--no-metrics"],
             capture_output=True, text=True, env=ENV, timeout=120,
         )  # fmt: skip
     assert proc.returncode == 2

@@ -5,8 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from calm_core.testing import voiced
-from daemon.config import VadSection
-from daemon.segmenter import Segmenter
+from calmd.config import VadSection
+from calmd.segmenter import Segmenter
 
 SR = 16000
 SILENCE = np.zeros(SR, dtype=np.float32)

@@ -10,8 +10,8 @@ import torch
 from calm_core.classifier import CalmClassifier, CalmConfig
 from calm_core.features import FeatureStore
 from calm_core.fingerprint import Fingerprint
-from daemon.client import Subscriber
-from daemon.events import LabelEvent, StatusEvent
+from calmd.client import Subscriber
+from calmd.events import LabelEvent, StatusEvent
 
 from .conftest import endpoint_of, write_config
 

@@ -5,8 +5,8 @@ import time
 import pytest
 import sounddevice as sd
 
-from daemon.config import StreamSection
-from daemon.sources import MicSource, Source
+from calmd.config import StreamSection
+from calmd.sources import MicSource, Source
 
 
 def run_source(source: Source, until, timeout: float = 10.0) -> list[tuple[str, str | None]]:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import soundfile as sf
 
-from daemon.client import Subscriber
-from daemon.events import LabelEvent
+from calmd.client import Subscriber
+from calmd.events import LabelEvent
 
 from .conftest import ENV, endpoint_of, write_config
 
@@ -24,7 +24,7 @@ def test_stdin_pcm_at_8khz(tmp_path: Path, tiny_model_dir, classifier_file, scen
     )  # fmt: skip
     with Subscriber(endpoint_of(config), ["call"]) as sub:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "--config", str(config), "--exit-when-done", "--no-metrics"],
+            [sys.executable, "-m", "calmd", "--config", str(config), "--exit-when-done", "--no-metrics"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV,
         )  # fmt: skip
         time.sleep(8)  # model load; the subscriber connects meanwhile
