@@ -33,6 +33,7 @@ class InferenceSection(_Section):
     queue_size: Annotated[int, Field(ge=1, le=100_000)] = 64
     max_consecutive_failures: Annotated[int, Field(ge=1)] = 5  # then exit non-zero so systemd restarts
     drain_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0  # SIGTERM: finish queued work within this
+    forward_grace_s: Annotated[float, Field(gt=0, le=300)] = 5.0  # then wait this long for the batch in the model
 
 
 class PublishSection(_Section):

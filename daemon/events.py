@@ -95,6 +95,7 @@ class StreamStatus:
     segments: int
     dropped: int
     failed: int
+    unclassified: int  # never classified because calmd stopped first (past the drain bound): last status only
     reconnects: int
     audio_s: float
     rtf: float | None  # model seconds per audio second for this stream's segments
@@ -105,7 +106,7 @@ class StreamStatus:
 class StatusEvent:
     """Heartbeat: a quiet room still sends these; a dead daemon does not."""
 
-    SCHEMA: ClassVar[str] = "calm.status/1"
+    SCHEMA: ClassVar[str] = "calm.status/2"  # /2: streams.*.unclassified
     seq: int
     time_utc: str
     uptime_s: float

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -21,10 +22,27 @@ from .notify import Notifier
 
 log = logging.getLogger("calmd")
 
+EXIT_OK = 0  # stopped on request or every stream ended; anything left unclassified is in the last status
+EXIT_FAILED = 1  # max_consecutive_failures inference failures in a row: systemd restarts it
+EXIT_START = 2  # could not start: configuration, model, classifier, endpoint or port
+EXIT_STUCK = 3  # stopped, but a thread (a forward past forward_grace_s, a capture device) had not ended
+EXIT_CODES = f"""exit status:
+  {EXIT_OK}  stopped on SIGTERM/SIGINT, or every stream ended (--exit-when-done); segments left
+     unclassified after inference.drain_timeout_s are logged and counted in the last calm.status
+  {EXIT_FAILED}  too many inference failures in a row (inference.max_consecutive_failures)
+  {EXIT_START}  could not start: bad configuration, model or classifier refused, endpoint or port in use
+  {EXIT_STUCK}  stopped, but the batch in the model had not finished within inference.forward_grace_s
+     (or a capture thread had not ended): the last status and the logs were flushed, then calmd
+     exited without waiting for it
+calmd never ends by a signal it raised itself: a signal in its exit status came from outside."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="calmd", description="Classify live audio with CALM and publish labels over ZeroMQ."
+        prog="calmd",
+        description="Classify live audio with CALM and publish labels over ZeroMQ.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", required=True, type=Path, help="TOML configuration (see config/calmd.toml)")
     p.add_argument("--device", help="override model.device")
@@ -91,11 +109,32 @@ def run(args: argparse.Namespace) -> int:
             log.info("every stream has ended; exiting")
             break
     notifier.stopping()
-    service.stop(cfg.inference.drain_timeout_s)
+    stuck = service.stop()
+    metrics.close()
+    code = EXIT_OK
     if service.fatal:
         log.critical("exiting: %s", service.fatal)
-        return 1
-    return 0
+        code = EXIT_FAILED
+    if stuck:
+        log.critical("exiting without waiting for %s, still busy after the stop bounds", ", ".join(stuck))
+        exit_now(EXIT_STUCK)
+    others = [t.name for t in threading.enumerate() if t is not threading.current_thread() and t.is_alive()]
+    if others:  # not calmd's own, but just as able to abort the interpreter's teardown
+        log.warning("threads %s still running at exit; exiting without interpreter teardown", ", ".join(others))
+        exit_now(code)
+    return code
+
+
+def exit_now(code: int) -> None:
+    """Exit without tearing the interpreter down, after flushing the logs.
+
+    A thread still inside native code when the interpreter finalises is ended by pthread_exit as soon as
+    it asks for the GIL again; unwinding a torch (C++) frame that way calls std::terminate and the process
+    dies by SIGABRT. os._exit ends every thread at once instead; the last status has already been sent."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except (CalmError, OSError, ValueError) as e:
         log.error("%s", e)
-        return 2
+        return EXIT_START
 
 
 if __name__ == "__main__":

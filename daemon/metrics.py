@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 STATES = ("connecting", "live", "backoff", "failed", "finished", "stopped")
@@ -11,12 +13,17 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self.server: Any = None  # the HTTP server and its thread, once serving
+        self.server_thread: Any = None
         self.segments = Counter("calm_segments_total", "Segments cut by the segmenter", ["stream"], registry=r)
         self.labels = Counter("calm_labels_total", "Labels published", ["stream", "label"], registry=r)
         self.dropped = Counter(
             "calm_dropped_segments_total", "Segments dropped by backpressure", ["stream"], registry=r
         )
         self.failed = Counter("calm_failed_segments_total", "Segments whose inference failed", ["stream"], registry=r)
+        self.unclassified = Counter(
+            "calm_unclassified_segments_total", "Segments left unclassified when calmd stopped", ["stream"], registry=r
+        )
         self.reconnects = Counter("calm_reconnects_total", "Source reconnect attempts", ["stream"], registry=r)
         self.queue_depth = Gauge("calm_queue_depth", "Segments waiting for the model", registry=r)
         self.state = Gauge("calm_stream_state", "1 for the stream's current state", ["stream", "state"], registry=r)
@@ -34,5 +41,12 @@ class Metrics:
             self.state.labels(stream, s).set(1.0 if s == state else 0.0)
 
     def serve(self, host: str, port: int) -> int:
-        server, _ = start_http_server(port, addr=host, registry=self.registry)
-        return int(server.server_port)
+        self.server, self.server_thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(self.server.server_port)
+
+    def close(self) -> None:
+        """Stop serving and end the server's thread (none may outlive calmd's main thread)."""
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server_thread.join(5)

@@ -12,16 +12,19 @@ from .config import PublishSection
 from .events import Event, encode
 
 log = logging.getLogger("calmd.publish")
+LINGER_MS = 1000  # on close, how long queued messages (the last status) may take to leave
 
 
 class Publisher:
     """Thread-safe publisher. A subscriber that does not read loses messages past send_hwm; nothing blocks."""
 
     def __init__(self, cfg: PublishSection, context: zmq.Context[Any] | None = None):
-        self.context = context or zmq.Context.instance()
+        # Its own context unless given one: close() then terminates it, which waits for the last messages.
+        self.owns_context = context is None
+        self.context = context or zmq.Context()
         self.socket = self.context.socket(zmq.PUB)
         self.socket.setsockopt(zmq.SNDHWM, cfg.send_hwm)
-        self.socket.setsockopt(zmq.LINGER, 1000)
+        self.socket.setsockopt(zmq.LINGER, LINGER_MS)
         self.auth: Any = None  # zmq.auth.thread.ThreadAuthenticator when CURVE is on
         if cfg.curve_secret_key is not None and cfg.curve_allowed_keys is not None:
             self._enable_curve(cfg)
@@ -29,6 +32,10 @@ class Publisher:
             self.socket.bind(cfg.endpoint)
         except zmq.ZMQError as e:
             self.socket.close(0)
+            if self.auth is not None:
+                self.auth.stop()
+            if self.owns_context:
+                self.context.term()
             raise OSError(f"publish.endpoint {cfg.endpoint!r}: cannot bind ({e})") from e
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.lock = threading.Lock()
@@ -63,7 +70,10 @@ class Publisher:
                 return False
 
     def close(self) -> None:
+        """Close the socket; with its own context, return once queued messages have left (at most LINGER_MS)."""
         with self.lock:
             self.socket.close()
         if self.auth is not None:
             self.auth.stop()
+        if self.owns_context:
+            self.context.term()

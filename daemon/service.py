@@ -27,6 +27,8 @@ from .sources import Source, make_source
 
 log = logging.getLogger("calmd")
 
+THREAD_STOP_S = 5.0  # on stop: how long capture threads and the heartbeat get to end once asked
+
 
 @dataclass
 class Queued:
@@ -40,6 +42,7 @@ class StreamStats:
     segments: int = 0
     dropped: int = 0
     failed: int = 0
+    unclassified: int = 0  # cut but never classified because calmd stopped (see Service.stop)
     audio_s: float = 0.0
     model_s: float = 0.0
     last_error: str | None = None
@@ -59,25 +62,39 @@ class SegmentQueue:
         self.size = size
         self.cond = threading.Condition()
         self.on_drop = on_drop
+        self.closed = False
 
-    def put(self, item: Queued, *, wait: threading.Event | None = None) -> None:
-        """With wait, block while full until there is room or the event is set."""
+    def put(self, item: Queued, *, wait: threading.Event | None = None) -> bool:
+        """With wait, block while full until there is room or the event is set. False when the item was
+        not queued: the queue is closed, or the event was set while it was still full."""
         with self.cond:
-            while wait is not None and len(self.items) >= self.size and not wait.is_set():
+            while wait is not None and len(self.items) >= self.size and not wait.is_set() and not self.closed:
                 self.cond.wait(0.1)
+            if self.closed or (wait is not None and len(self.items) >= self.size):
+                return False
             if len(self.items) >= self.size:
                 self.on_drop(self.items.popleft())
             self.items.append(item)
             self.cond.notify_all()
+            return True
 
     def get_batch(self, n: int, timeout: float) -> list[Queued]:
         with self.cond:
-            if not self.items:
+            if not self.items and not self.closed:
                 self.cond.wait(timeout)
             batch = [self.items.popleft() for _ in range(min(n, len(self.items)))]
             if batch:
                 self.cond.notify_all()
             return batch
+
+    def close(self) -> list[Queued]:
+        """Refuse every further item and hand back those still waiting (shutdown)."""
+        with self.cond:
+            self.closed = True
+            left = list(self.items)
+            self.items.clear()
+            self.cond.notify_all()
+            return left
 
     def __len__(self) -> int:
         return len(self.items)
@@ -106,6 +123,12 @@ class Service:
         self.segmenters = {s.id: Segmenter(s.id, cfg.vad) for s in cfg.streams}
         self.sources: list[Source] = []
         self.stopping = threading.Event()
+        self.abandon = threading.Event()  # set once the drain bound has passed: the worker takes no new batch
+        # A batch's results and stop() giving up on it exclude each other, so that every segment ends up
+        # counted exactly once: labelled, failed, or unclassified.
+        self.results_lock = threading.Lock()
+        self.in_model: dict[int, Queued] = {}  # id -> segment, the batch the worker is classifying
+        self.gave_up = False
         self.worker_beat = time.monotonic()  # the watchdog pings only while this moves
         self.consecutive_failures = 0
         self.fatal: str | None = None
@@ -182,7 +205,8 @@ class Service:
         with self.stats_lock:
             self.stats[seg.stream].segments += 1
         self.metrics.segments.labels(seg.stream).inc()
-        self.queue.put(Queued(seg, end_wall), wait=self.stopping if blocking else None)
+        if not self.queue.put(Queued(seg, end_wall), wait=self.stopping if blocking else None):
+            self._unclassified([seg])  # calmd is stopping: the queue is closed or full for good
         self.metrics.queue_depth.set(len(self.queue))
 
     def _state_cb(self, stream: str) -> Any:
@@ -207,13 +231,24 @@ class Service:
         self.metrics.dropped.labels(item.segment.stream).inc()
         log.debug("dropped segment %s@%.2f: queue full", item.segment.stream, item.segment.start_s)
 
+    def _unclassified(self, segments: list[Segment]) -> None:
+        for seg in segments:
+            with self.stats_lock:
+                self.stats[seg.stream].unclassified += 1
+            self.metrics.unclassified.labels(seg.stream).inc()
+
     # ---- inference -----------------------------------------------------------------------------
     def _work(self) -> None:
-        while not (self.stopping.is_set() and len(self.queue) == 0):
+        while not self.abandon.is_set() and not (self.stopping.is_set() and len(self.queue) == 0):
             self.worker_beat = time.monotonic()
             batch = self.queue.get_batch(self.cfg.inference.batch_size, timeout=0.2)
             self.metrics.queue_depth.set(len(self.queue))
             if batch:
+                with self.results_lock:
+                    if self.gave_up:  # stop() closed the queue after this batch left it
+                        self._unclassified([q.segment for q in batch])
+                        return
+                    self.in_model = {id(q): q for q in batch}
                 self._classify(batch)
             if self.cfg.events.enabled:
                 self._expire_events()
@@ -243,12 +278,25 @@ class Service:
         elapsed = time.perf_counter() - t
         self.metrics.inference_seconds.observe(elapsed)
         self.consecutive_failures = 0
-        for q, pred in zip(batch, clf.predict(feats)):
-            self._publish_label(
-                q, pred, model, elapsed * q.segment.samples.size / sum(x.segment.samples.size for x in batch)
-            )
+        predictions = clf.predict(feats)
+        with self.results_lock:
+            if self._left_model(batch):
+                for q, pred in zip(batch, predictions):
+                    share = q.segment.samples.size / sum(x.segment.samples.size for x in batch)
+                    self._publish_label(q, pred, model, elapsed * share)
+
+    def _left_model(self, batch: list[Queued]) -> bool:
+        """Under results_lock: take the batch off the in-model list; False if stop() already gave up on it."""
+        if self.gave_up:
+            return False
+        for q in batch:
+            self.in_model.pop(id(q), None)
+        return True
 
     def _failed(self, batch: list[Queued], reason: str) -> None:
+        with self.results_lock:
+            if not self._left_model(batch):
+                return
         self.consecutive_failures += 1
         for q in batch:
             with self.stats_lock:
@@ -332,6 +380,7 @@ class Service:
                 segments=st.segments,
                 dropped=st.dropped,
                 failed=st.failed,
+                unclassified=st.unclassified,
                 reconnects=sources[sid].reconnects if sid in sources else 0,
                 audio_s=round(st.audio_s, 3),
                 rtf=round(st.model_s / st.audio_s, 4) if st.audio_s > 0 else None,
@@ -366,15 +415,51 @@ class Service:
     def all_finished(self) -> bool:
         return all(s.state in ("finished", "stopped") for s in self.stats.values()) and len(self.queue) == 0
 
-    def stop(self, drain_timeout_s: float) -> None:
-        """Stop capture, finish what is queued within the bound, publish a last status, close."""
+    def stop(self, drain_timeout_s: float | None = None, forward_grace_s: float | None = None) -> list[str]:
+        """Stop capture and classify what is queued for at most drain_timeout_s; then take no new batch and
+        give the one in the model forward_grace_s to finish. Every segment left is counted as unclassified
+        (log, metrics and the last status, which is published before the socket closes).
+
+        Returns the names of the threads still running (empty on a clean stop). The interpreter must not
+        be torn down while one runs: a thread inside native code (a torch forward, soxr, PortAudio) that
+        wakes up during finalisation is ended by pthread_exit, whose unwinding through C++ frames aborts
+        the process ("terminate called without an active exception", SIGABRT)."""
+        drain_s = self.cfg.inference.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
+        grace_s = self.cfg.inference.forward_grace_s if forward_grace_s is None else forward_grace_s
+        t0 = time.monotonic()
         for source in self.sources:
             source.stop()
         self.stopping.set()
-        self.worker.join(drain_timeout_s)
-        left = len(self.queue)
-        if self.worker.is_alive() or left:
-            log.warning("stopped with %d segment(s) unclassified after %.1f s", left, drain_timeout_s)
+        _join(self.worker, drain_s)
+        if self.worker.is_alive():
+            self.abandon.set()
+            with self.results_lock:
+                in_model = len(self.in_model)
+            log.warning(
+                "drain bound of %.1f s reached with %d segment(s) queued; taking no new batch and waiting up to "
+                "%.1f s for the %d segment(s) in the model", drain_s, len(self.queue), grace_s, in_model,
+            )  # fmt: skip
+            _join(self.worker, grace_s)
+        threads = [s.thread for s in self.sources] + [self.heartbeat]
+        deadline = time.monotonic() + THREAD_STOP_S
+        for thread in threads:
+            _join(thread, deadline - time.monotonic())
+        left = self.queue.close()
+        with self.results_lock:  # from here on, results of a forward still running are not published
+            self.gave_up = True
+            left += list(self.in_model.values())
+            self.in_model.clear()
+        self._unclassified([q.segment for q in left])
+        unclassified = sum(s.unclassified for s in self.stats.values())
+        elapsed = time.monotonic() - t0
+        if unclassified:
+            log.warning("stopped with %d segment(s) unclassified after %.1f s", unclassified, elapsed)
+        log.info("stopped in %.2f s", elapsed)
         self.publish_status()
-        time.sleep(0.1)  # let the last messages leave before the socket closes
-        self.publisher.close()
+        self.publisher.close()  # waits (at most the socket's linger) for the last status to leave
+        return [t.name for t in [self.worker, *threads] if t.is_alive()]
+
+
+def _join(thread: threading.Thread, timeout: float) -> None:
+    if thread.ident is not None:  # started
+        thread.join(max(0.0, timeout))

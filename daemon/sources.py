@@ -23,6 +23,7 @@ from .config import StreamSection
 
 SAMPLE_RATE = 16_000
 CHUNK_S = 0.1
+POLL_S = 0.2  # blocking waits are cut into slices this long, so that stop() is seen promptly
 log = logging.getLogger("calmd.source")
 
 Sink = Callable[[np.ndarray], None]
@@ -142,10 +143,14 @@ class PipeSource(Source):
         sel.register(pipe, selectors.EVENT_READ)
         fd = pipe.fileno()
         rest = b""
+        heard = time.monotonic()
         try:
             while not self.stop_event.is_set():
-                if not sel.select(timeout=self.cfg.stall_timeout_s):
-                    raise StreamStall(f"no audio for {self.cfg.stall_timeout_s:.0f} s")
+                if not sel.select(timeout=POLL_S):
+                    if time.monotonic() - heard >= self.cfg.stall_timeout_s:
+                        raise StreamStall(f"no audio for {self.cfg.stall_timeout_s:.0f} s")
+                    continue
+                heard = time.monotonic()
                 data = os.read(fd, block)
                 if not data:
                     return
@@ -224,13 +229,17 @@ class MicSource(Source):
         except sd.PortAudioError as e:  # device gone, sound server down: retried like any dropped source
             raise OSError(f"capture device {self.cfg.device!r} could not be opened: {e}") from e
         with stream:
+            heard = time.monotonic()
             while not self.stop_event.is_set():
                 try:
-                    block = blocks.get(timeout=self.cfg.stall_timeout_s)
+                    block = blocks.get(timeout=POLL_S)
                 except queue.Empty:
-                    raise StreamStall(
-                        f"capture device delivered nothing for {self.cfg.stall_timeout_s:.0f} s"
-                    ) from None
+                    if time.monotonic() - heard >= self.cfg.stall_timeout_s:
+                        raise StreamStall(
+                            f"capture device delivered nothing for {self.cfg.stall_timeout_s:.0f} s"
+                        ) from None
+                    continue
+                heard = time.monotonic()
                 yield block if resampler is None else resampler.resample_chunk(block)
 
 

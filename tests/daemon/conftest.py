@@ -44,7 +44,12 @@ def scene_wav(tmp_path_factory) -> Path:
     return path
 
 
-def write_config(path: Path, model: Path, classifier: Path, streams: str, extra: str = "") -> Path:
+VOICE_VAD = 'mode = "webrtc"\naggressiveness = 1\nmin_segment_s = 0.3'
+
+
+def write_config(
+    path: Path, model: Path, classifier: Path, streams: str, extra: str = "", vad: str = VOICE_VAD
+) -> Path:
     path.write_text(
         f"""
 [model]
@@ -60,9 +65,7 @@ heartbeat_s = 0.5
 port = {free_port()}
 
 [vad]
-mode = "webrtc"
-aggressiveness = 1
-min_segment_s = 0.3
+{vad}
 {extra}
 {streams}
 """
@@ -81,17 +84,26 @@ def schema(name: str) -> dict:
 
 
 class Daemon:
+    """calmd as a subprocess. Its log goes to a file, not a pipe: a pipe nobody reads until the end fills up
+    (64 KiB of debug lines) and then blocks calmd's logging, and with it the model worker."""
+
     def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None):
+        self.log_path = config.with_name(f"{config.stem}-{time.monotonic_ns()}.log")
+        self.log_file = self.log_path.open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "calmd", "--config", str(config), "--log-level", "debug", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**ENV, **(env or {})}, text=True,
+            stdout=self.log_file, stderr=subprocess.STDOUT, env={**ENV, **(env or {})}, text=True,
         )  # fmt: skip
 
-    def stop(self, timeout: float = 30) -> tuple[int, str]:
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 60) -> tuple[int, str]:
         if self.proc.poll() is None:
             self.proc.terminate()
-        out, _ = self.proc.communicate(timeout=timeout)
-        return self.proc.returncode, out
+        self.proc.wait(timeout=timeout)
+        self.log_file.close()
+        return self.proc.returncode, self.log()
 
 
 @pytest.fixture
@@ -107,7 +119,8 @@ def daemon_factory():
     for d in started:
         if d.proc.poll() is None:
             d.proc.kill()
-            d.proc.communicate(timeout=10)
+            d.proc.wait(timeout=10)
+        d.log_file.close()
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.05):

@@ -34,6 +34,10 @@ def head_activations(self, clips, exit_layer=None):
         raise RuntimeError("simulated broken device")
     if mode == "hang" and n > 2:
         time.sleep(3600)
+    if mode == "endless" and n > 1:  # a forward that never ends, and is real torch work all along
+        print("endless forward started", flush=True)
+        while True:
+            _real(self, clips, exit_layer)
     return _real(self, clips, exit_layer)
 
 qwen2_audio.Qwen2AudioBackbone.head_activations = head_activations
