@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Everything calm needs on a Debian/Ubuntu machine, shared by `make demo`, `make test` and .ci/run:
+# the Debian packages (installed when run as root; otherwise the exact apt-get line is printed and the
+# script stops), then .venv with the pinned CPU build of torch first and the package with its dev extras.
+# Running it again is cheap: installed packages are skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# ffmpeg: RTSP/FFmpeg decoding; gstreamer + python3-gi: a real RTSP server on 127.0.0.1;
+# pulseaudio + libasound2-plugins + libportaudio2: a real capture device for the mic source;
+# fluidsynth + fluid-soundfont-gm + espeak-ng: real recordings for the development set.
+# tuxpaint-stamps-default ... sound-theme-freedesktop: recorded effects for the events set;
+# tuxpaint's spoken descriptions + flite, festival and its voices: the spoof set (calm_core/devsets).
+# python3-venv: `python3 -m venv` with Debian's own python3.
+DEBIAN_PACKAGES=(
+    libsndfile1 ffmpeg libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins alsa-utils
+    fluidsynth fluid-soundfont-gm espeak-ng
+    tuxpaint-stamps-default wesnoth-1.16-data openttd-opensfx hedgewars-data sound-theme-freedesktop
+    flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts festvox-ca-ona-hts
+    python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-plugins-base
+    gstreamer1.0-plugins-good gstreamer1.0-tools systemd
+    python3-venv
+)
+TORCH="torch==2.13.0"  # the CPU build on these machines; on a CUDA machine install the matching build first
+
+missing=()
+if command -v dpkg-query >/dev/null; then
+    for package in "${DEBIAN_PACKAGES[@]}"; do
+        status=$(dpkg-query -W -f='${Status}' "$package" 2>/dev/null || true)
+        [ "$status" = "install ok installed" ] || missing+=("$package")
+    done
+else
+    echo "setup: no dpkg here; install the equivalents of: ${DEBIAN_PACKAGES[*]}" >&2
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "setup: installing ${#missing[@]} Debian package(s): ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q
+        apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "setup: these Debian packages are missing; install them as root, then run this again:" >&2
+        echo "sudo apt-get install -y --no-install-recommends ${missing[*]}" >&2
+        exit 1
+    fi
+fi
+
+[ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# torch first, so that the range in pyproject.toml is already met and installs nothing bigger.
+.venv/bin/python -m pip install -q "$TORCH"
+.venv/bin/python -m pip install -q -e ".[dev]"
+echo "setup: ready (.venv: $(.venv/bin/python -c 'import torch, calm_core, calmd; print("torch", torch.__version__)'))"
