@@ -45,11 +45,21 @@ def scene_wav(tmp_path_factory) -> Path:
 
 
 VOICE_VAD = 'mode = "webrtc"\naggressiveness = 1\nmin_segment_s = 0.3'
+# Tests stop calmd with SIGTERM. On a busy machine one forward of the tiny model can take seconds, and the
+# default grace for the forward in flight (5 s) would turn a clean stop into exit 3; tests about the grace
+# set their own.
+TEST_GRACE = "forward_grace_s = 120\n"
 
 
 def write_config(
     path: Path, model: Path, classifier: Path, streams: str, extra: str = "", vad: str = VOICE_VAD
 ) -> Path:
+    if "forward_grace_s" not in extra:
+        extra = (
+            extra.replace("[inference]\n", "[inference]\n" + TEST_GRACE)
+            if "[inference]\n" in extra
+            else ("[inference]\n" + TEST_GRACE + extra)
+        )
     path.write_text(
         f"""
 [model]

@@ -3,6 +3,7 @@
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -98,14 +99,15 @@ loop = true
     try:
         with Subscriber(endpoint_of(config)) as sub:
             daemon = daemon_factory(config)
-            before = collect(sub, 60, until=lambda ev: len(labels_of(ev, "cam")) >= 2)
+            before = collect(sub, 180, until=lambda ev: len(labels_of(ev, "cam")) >= 2)
             assert len(labels_of(before, "cam")) >= 2, daemon.stop()[1]
             events += before
             for _ in range(restarts):
                 server.kill()
-                outage = collect(sub, 20, until=lambda ev: "backoff" in states_of(ev, "cam"))
+                outage = collect(sub, 60, until=lambda ev: "backoff" in states_of(ev, "cam"))
                 assert "backoff" in states_of(outage, "cam")
-                during = collect(sub, 3)
+                # the camera stays down until the server is started again below
+                during = [] if labels_of(outage, "file") else collect(sub, 60, until=lambda ev: labels_of(ev, "file"))
                 assert labels_of(outage + during, "file"), "the file stream must go on while the camera is down"
                 server = RtspServer(port, speech_like_wav)
                 after = collect(sub, 60, until=lambda ev: len(labels_of(ev, "cam")) >= 2)
@@ -132,14 +134,29 @@ def start_pulse(env: dict[str, str]) -> None:
     subprocess.run(["pactl", "set-default-source", "calmsink.monitor"], env=env, check=True, timeout=10)
 
 
+def _capture_device_problem(env: dict[str, str]) -> str | None:
+    """Why calmd could not open the ALSA device "pulse" through PortAudio here, or None if it can."""
+    probe = "import sounddevice as sd; sd.query_devices('pulse', 'input')"
+    proc = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    if proc.returncode == 0:
+        return None
+    if "PortAudio library not found" in proc.stderr:
+        return "needs the PortAudio library (Debian: libportaudio2)"
+    return f"no ALSA capture device 'pulse' (Debian: libasound2-plugins): {proc.stderr.strip()[-200:]}"
+
+
 @pytest.fixture
 def pulse(tmp_path: Path):
-    if not (shutil.which("pulseaudio") and shutil.which("paplay")):
-        pytest.skip("needs pulseaudio and paplay (Debian: pulseaudio, pulseaudio-utils)")
+    if not (shutil.which("pulseaudio") and shutil.which("paplay") and shutil.which("pactl")):
+        pytest.skip("needs pulseaudio, paplay and pactl (Debian: pulseaudio, pulseaudio-utils)")
     runtime = tmp_path / "pulse-runtime"
     runtime.mkdir(mode=0o700)
     env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime)}
     start_pulse(env)
+    problem = _capture_device_problem(env)
+    if problem is not None:
+        subprocess.run(["pulseaudio", "--kill"], env=env, timeout=10)
+        pytest.skip(problem)
     yield env
     subprocess.run(["pulseaudio", "--kill"], env=env, timeout=10)
 
@@ -159,7 +176,7 @@ def test_microphone_through_pulseaudio(
     try:
         with Subscriber(endpoint_of(config), ["desk"]) as sub:
             daemon = daemon_factory(config, env={"XDG_RUNTIME_DIR": pulse["XDG_RUNTIME_DIR"]})
-            events = collect(sub, 60, until=lambda ev: len(labels_of(ev, "desk")) >= 2)
+            events = collect(sub, 180, until=lambda ev: len(labels_of(ev, "desk")) >= 2)
             code, log = daemon.stop()
     finally:
         player.kill()
@@ -182,7 +199,7 @@ def test_microphone_that_vanishes_is_retried_and_comes_back(
     try:
         with Subscriber(endpoint_of(config), ["desk"]) as sub:
             daemon = daemon_factory(config, env={"XDG_RUNTIME_DIR": pulse["XDG_RUNTIME_DIR"]})
-            before = collect(sub, 60, until=lambda ev: len(labels_of(ev, "desk")) >= 1)
+            before = collect(sub, 180, until=lambda ev: len(labels_of(ev, "desk")) >= 1)
             assert labels_of(before, "desk"), daemon.stop()[1]
             subprocess.run(["pulseaudio", "--kill"], env=pulse, timeout=10)  # the sound server vanishes
             gone = collect(sub, 30, until=lambda ev: "backoff" in states_of(ev, "desk"))

@@ -4,6 +4,7 @@ The soak runs briefly in every test run; `pytest -m soak` runs it for CALM_SOAK_
 """
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from calmd.events import LabelEvent, StatusEvent
 from .conftest import ENV, endpoint_of, write_config
 
 
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg, which reads RTSP streams (Debian: ffmpeg)")
 def test_stream_that_connects_but_sends_nothing_is_retried(tmp_path, tiny_model_dir, classifier_file, daemon_factory):
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -48,7 +50,7 @@ def test_stream_that_connects_but_sends_nothing_is_retried(tmp_path, tiny_model_
     with Subscriber(endpoint_of(config)) as sub:
         daemon = daemon_factory(config)
         statuses = []
-        deadline = time.monotonic() + 40
+        deadline = time.monotonic() + 180  # ends as soon as two reconnects are seen
         while time.monotonic() < deadline:
             event = sub.receive(timeout_s=0.2)
             if isinstance(event, StatusEvent):
@@ -96,7 +98,9 @@ def _soak(tmp_path: Path, tiny_model_dir, classifier_file, daemon_factory, secon
         proc = psutil.Process(daemon.proc.pid)
         samples, labels, last = [], 0, None
         first = None
-        deadline = time.monotonic() + seconds + 60
+        # Runs `seconds` from the first label and until enough labels for the checks; the deadline only
+        # bounds a machine so busy (or a model so slow) that neither comes.
+        deadline = time.monotonic() + 3 * seconds + 300
         while time.monotonic() < deadline:
             event = sub.receive(timeout_s=0.2)
             if isinstance(event, LabelEvent):
@@ -107,14 +111,14 @@ def _soak(tmp_path: Path, tiny_model_dir, classifier_file, daemon_factory, secon
                 last = event
                 if first is not None:
                     samples.append((proc.memory_info().rss, proc.num_threads(), proc.num_fds()))
-            if first is not None and time.monotonic() - first > seconds:
+            if first is not None and time.monotonic() - first > seconds and labels > 20 * streams:
                 break
         code, log = daemon.stop()
     return {"samples": samples, "labels": labels, "status": last, "gaps": sub.gaps, "code": code, "log": log}
 
 
 def _check_soak(r: dict, streams: int) -> None:
-    assert r["code"] == 0, r["log"][-2000:]
+    assert r["code"] == 0 and "terminate called" not in r["log"], r["log"][-2000:]
     assert r["labels"] > 20 * streams and r["gaps"] == 0
     status = r["status"]
     assert sum(s.dropped for s in status.streams.values()) == 0

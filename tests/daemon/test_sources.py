@@ -3,7 +3,11 @@
 import time
 
 import pytest
-import sounddevice as sd
+
+try:
+    import sounddevice as sd
+except OSError as e:  # the Python package is installed, the PortAudio library it loads is not
+    pytest.skip(f"needs the PortAudio library (Debian: libportaudio2): {e}", allow_module_level=True)
 
 from calmd.config import StreamSection
 from calmd.sources import MicSource, Source

@@ -8,7 +8,7 @@ from pathlib import Path
 import soundfile as sf
 
 from calmd.client import Subscriber
-from calmd.events import LabelEvent
+from calmd.events import LabelEvent, StatusEvent
 
 from .conftest import ENV, endpoint_of, write_config
 
@@ -27,10 +27,13 @@ def test_stdin_pcm_at_8khz(tmp_path: Path, tiny_model_dir, classifier_file, scen
             [sys.executable, "-m", "calmd", "--config", str(config), "--exit-when-done", "--no-metrics"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV,
         )  # fmt: skip
-        time.sleep(8)  # model load; the subscriber connects meanwhile
-        out, _ = proc.communicate(input=pcm, timeout=120)
+        # Audio only once calmd is up and this subscriber connected: its first status has arrived.
+        deadline = time.monotonic() + 300
+        while not isinstance(sub.receive(timeout_s=0.5), StatusEvent):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate(timeout=30)[0].decode()
+        out, _ = proc.communicate(input=pcm, timeout=300)
         labels = []
-        while (event := sub.receive(timeout_s=1)) is not None:
+        while (event := sub.receive(timeout_s=2)) is not None:
             if isinstance(event, LabelEvent):
                 labels.append(event)
     assert proc.returncode == 0, out.decode()
