@@ -12,8 +12,10 @@ from typing import Literal, get_args
 import torch
 import torch.nn.functional as F
 
-Scheme = Literal["margin_clamped", "margin_softmax", "prob_softmax", "brier_softmax"]
+Scheme = Literal["separation_f1", "margin_clamped", "margin_softmax", "prob_softmax", "brier_softmax"]
 SCHEMES: tuple[str, ...] = get_args(Scheme)
+# The paper's schemes score each labelled clip on its own and average over the clips of a class.
+PER_CLIP_SCHEMES: tuple[str, ...] = SCHEMES[1:]
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -81,8 +83,8 @@ def reliability(
     r * n_c / (n_c + alpha) + mean_c(r) * alpha / (n_c + alpha), so a class with few
     labelled clips borrows strength from how the head does on the other classes.
     """
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown reliability scheme {scheme!r}; allowed: {', '.join(SCHEMES)}")
+    if scheme not in PER_CLIP_SCHEMES:
+        raise ValueError(f"reliability scheme {scheme!r} is not per-clip; allowed: {', '.join(PER_CLIP_SCHEMES)}")
     if scheme in ("margin_clamped", "margin_softmax"):
         per_clip = true_class_margin(posteriors, labels)  # (N, K)
         if scheme == "margin_clamped":
@@ -104,6 +106,43 @@ def reliability(
     return r
 
 
+def vote_f1(votes: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Per-head, per-class F1 of hard nearest-prototype votes: (N, K) class indices -> (K, C).
+
+    F1 checks both sides of a head's claim about class c: recall (it says c on c clips) and
+    precision (it says c only on c clips). A head that answers c for everything has high recall
+    for c but low precision, so it does not look reliable for c. 0 where the head never says c
+    and no clip is c.
+    """
+    truth = F.one_hot(labels, n_classes).to(torch.float32)  # (N, C)
+    said = F.one_hot(votes, n_classes).to(torch.float32)  # (N, K, C)
+    tp = torch.einsum("nkc,nc->kc", said, truth)
+    fp = said.sum(0) - tp
+    fn = truth.sum(0)[None] - tp
+    denom = 2 * tp + fp + fn
+    return torch.where(denom > 0, 2 * tp / denom.clamp(min=1e-12), torch.zeros_like(tp))
+
+
+def separation_f1_reliability(
+    separation: torch.Tensor, f1: torch.Tensor, n_held_out: torch.Tensor, prior_strength: float
+) -> torch.Tensor:
+    """r[k, c] = lam_c * separation[k, c] + (1 - lam_c) * f1[k, c], lam_c = m / (m + n_c): (K, C) -> (K, C).
+
+    separation is the paper's in-sample clamped margin: how far apart a head places its class
+    prototypes, measurable from one clip per class. f1 is how well the head's votes hold up on
+    clips, which needs held-out clips and is noisy when there are few: n_c counts the held-out
+    clips of class c behind it, so 1-2 shots lean on separation and many shots on F1.
+    """
+    if prior_strength < 0:
+        raise ValueError(f"prior_strength must be >= 0, got {prior_strength}")
+    n = n_held_out.to(separation.dtype)[None]  # (1, C)
+    if prior_strength == 0:
+        lam = (n == 0).to(separation.dtype)
+    else:
+        lam = prior_strength / (prior_strength + n)
+    return lam * separation + (1.0 - lam) * f1
+
+
 def head_weights(
     r: torch.Tensor,
     scheme: Scheme = "margin_clamped",
@@ -113,8 +152,8 @@ def head_weights(
 ) -> torch.Tensor:
     """Class-specific head weights w[k, c], summing to 1 over heads for each class: (K, C) -> (K, C).
 
-    Only the top_k most reliable allowed heads of each class get weight. margin_clamped
-    sharpens with r ** (1 / tau_w); the *_softmax schemes use softmax(r / tau_w).
+    Only the top_k most reliable allowed heads of each class get weight. separation_f1 and
+    margin_clamped sharpen with r ** (1 / tau_w); the *_softmax schemes use softmax(r / tau_w).
     A class whose selected heads all have zero reliability votes uniformly with them.
     """
     n_heads, n_classes = r.shape
@@ -129,7 +168,7 @@ def head_weights(
     ranked = r.masked_fill(~allowed_kc, float("-inf"))
     order = torch.sort(ranked, dim=0, descending=True, stable=True).indices[:k]  # (k, C)
     selected = torch.zeros_like(allowed_kc).scatter(0, order, True)
-    if scheme == "margin_clamped":
+    if scheme in ("separation_f1", "margin_clamped"):
         w = r.clamp(min=0.0).pow(1.0 / tau_w) * selected
         total = w.sum(0, keepdim=True)
         uniform = selected.to(r.dtype) / k
@@ -138,6 +177,25 @@ def head_weights(
         raise ValueError(f"unknown reliability scheme {scheme!r}; allowed: {', '.join(SCHEMES)}")
     logits = (r / tau_w).masked_fill(~selected, float("-inf"))
     return torch.softmax(logits, dim=0)
+
+
+def shrink_to_uniform_vote(
+    weights: torch.Tensor, vote_heads: torch.Tensor, n_per_class: torch.Tensor, strength: float
+) -> torch.Tensor:
+    """w'[:, c] = lam_c * u + (1 - lam_c) * w[:, c], u uniform over vote_heads, lam_c = s / (s + n_c).
+
+    With one clip per class half the say goes to a plain uniform vote (SAV's), whose heads were
+    not picked per class and so cannot have been fitted to noise; as clips accumulate, each
+    class's own weights take over. (K, C) -> (K, C), still summing to 1 over heads.
+    """
+    if strength < 0:
+        raise ValueError(f"shrinkage strength must be >= 0, got {strength}")
+    if strength == 0:
+        return weights
+    uniform = torch.zeros(weights.shape[0], dtype=weights.dtype)
+    uniform[vote_heads] = 1.0 / vote_heads.numel()
+    lam = strength / (strength + n_per_class.to(weights.dtype))  # (C,)
+    return lam[None] * uniform[:, None] + (1.0 - lam[None]) * weights
 
 
 def calm_scores(posteriors: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

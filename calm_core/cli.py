@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch
 from .backbones import LoadOptions, load_backbone
 from .backbones.base import DTYPES, Backbone
 from .calm import SCHEMES
-from .classifier import ABSTAIN_MODES, CalmClassifier, CalmConfig
+from .classifier import ABSTAIN_MODES, PRESETS, RELIABILITY_FROM, CalmClassifier, CalmConfig
 from .errors import CalmError
 from .features import FeatureStore, default_cache_dir
 
@@ -51,20 +52,39 @@ def _store(args: argparse.Namespace, backbone: Backbone) -> FeatureStore:
     return FeatureStore(backbone, None if args.no_cache else args.cache_dir, args.batch_size)
 
 
+def _top_k(text: str) -> int | str:
+    if text == "auto":
+        return "auto"
+    try:
+        k = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of heads, 0 for all, or auto") from None
+    if k < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the number of heads must be >= 0")
+    return k
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     from .data import label_index, load_examples
 
-    config = CalmConfig(
-        tau=args.tau,
-        scheme=args.scheme,
-        tau_w=args.tau_w,
-        top_k=None if args.top_k == 0 else args.top_k,
-        alpha=args.alpha,
-        sav_heads=args.sav_heads,
-        max_layer=args.max_layer,
-        abstain=args.abstain,
-        abstain_keep=args.abstain_keep,
-    )
+    given = {
+        "tau": args.tau,
+        "scheme": args.scheme,
+        "tau_w": args.tau_w,
+        "top_k": args.top_k,
+        "prior_strength": args.prior_strength,
+        "sav_shrinkage": args.sav_shrinkage,
+        "reliability_from": args.reliability_from,
+        "alpha": args.alpha,
+        "sav_heads": args.sav_heads,
+        "max_layer": args.max_layer,
+        "abstain": args.abstain,
+        "abstain_keep": args.abstain_keep,
+    }
+    # Options given on the command line override the preset's values.
+    config = replace(PRESETS[args.preset], **{k: v for k, v in given.items() if v is not None})
+    if args.top_k == 0:
+        config = replace(config, top_k=None)
     support = load_examples(args.support)
     labels, y = label_index(support)
     val = load_examples(args.val) if args.val else None
@@ -86,7 +106,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         "classes": labels,
         "support": len(support),
         "validation": len(val) if val else 0,
+        "preset": args.preset,
         "reliability": clf.info["reliability_source"],
+        "top_k": clf.info["top_k"],
         "heads_kept": int(clf.heads.numel()),
         "exit_layer": clf.exit_layer,
         "n_layers": backbone.layout.n_layers,
@@ -223,17 +245,30 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--val", help="validation clips for reliability (default: leave-one-out over the support)")
     fit.add_argument("--out", required=True, type=Path, help="classifier file to write (.safetensors)")
     fit.add_argument("--prompt-file", help="text prompt with <|AUDIO|> where the audio goes")
-    fit.add_argument("--tau", type=float, default=d.tau, help=f"posterior temperature (default {d.tau})")
-    fit.add_argument("--scheme", choices=SCHEMES, default=d.scheme, help=f"reliability scheme (default {d.scheme})")
-    fit.add_argument("--tau-w", type=float, default=None, help="weight sharpening temperature")
-    fit.add_argument("--top-k", type=int, default=d.top_k, help=f"heads per class, 0 for all (default {d.top_k})")
-    fit.add_argument("--alpha", type=float, default=d.alpha, help="reliability shrinkage strength (default 0)")
     fit.add_argument(
-        "--sav-heads", type=int, default=d.sav_heads, help=f"heads of the SAV baseline (default {d.sav_heads})"
+        "--preset", choices=sorted(PRESETS), default="calm",
+        help="calm (default), paper (the paper's exact recipe) or calm-0.1 (0.1's default); options override it",
+    )  # fmt: skip
+    fit.add_argument("--tau", type=float, help=f"posterior temperature (default {d.tau})")
+    fit.add_argument("--scheme", choices=SCHEMES, help=f"reliability scheme (default {d.scheme})")
+    fit.add_argument("--tau-w", type=float, help="weight sharpening temperature (default: by scheme)")
+    fit.add_argument("--top-k", type=_top_k, help=f"heads per class: a number, 0 for all, or auto (default {d.top_k})")
+    fit.add_argument(
+        "--prior-strength",
+        type=float,
+        help=f"separation_f1: weight of the separation prior (default {d.prior_strength})",
     )
+    fit.add_argument(
+        "--sav-shrinkage", type=float, help=f"pull towards SAV's uniform vote, s/(s+clips) (default {d.sav_shrinkage})"
+    )
+    fit.add_argument(
+        "--reliability-from", choices=RELIABILITY_FROM, help="per-clip schemes: leave-one-out or support (in-sample)"
+    )
+    fit.add_argument("--alpha", type=float, help="per-clip schemes: reliability shrinkage strength (default 0)")
+    fit.add_argument("--sav-heads", type=int, help=f"heads of the SAV baseline (default {d.sav_heads})")
     fit.add_argument("--max-layer", type=int, default=None, help="only use heads of layers 0..N (faster exit)")
-    fit.add_argument("--abstain", choices=ABSTAIN_MODES, default=d.abstain, help="answer 'unknown' below a threshold")
-    fit.add_argument("--abstain-keep", type=float, default=d.abstain_keep, help="share of correct answers kept")
+    fit.add_argument("--abstain", choices=ABSTAIN_MODES, help="answer 'unknown' below a threshold")
+    fit.add_argument("--abstain-keep", type=float, help="share of correct answers kept")
     fit.set_defaults(func=cmd_fit)
 
     ev = sub.add_parser("eval", help="CALM and SAV accuracy, F1 and confusion on labelled clips")

@@ -132,3 +132,40 @@ def test_abstain_threshold_keeps_the_requested_share() -> None:
     t = calm.abstain_threshold(values, correct, keep=0.8)
     assert math.isclose(t, 0.18, abs_tol=1e-6)  # 20th percentile of .1..0.5
     assert int((values[correct] >= t).sum()) == 4
+
+
+def test_vote_f1_by_hand() -> None:
+    # One head; five clips of classes 0,0,1,1,2; it votes 0,1,1,1,1.
+    votes = torch.tensor([[0], [1], [1], [1], [1]])
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    f1 = calm.vote_f1(votes, labels, 3)
+    # class 0: tp 1, fp 0, fn 1 -> 2/3; class 1: tp 2, fp 2, fn 0 -> 4/6; class 2: tp 0, fn 1 -> 0
+    assert torch.allclose(f1, torch.tensor([[2 / 3, 4 / 6, 0.0]]))
+
+
+def test_vote_f1_does_not_reward_a_head_that_always_says_one_class() -> None:
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    always_0 = torch.zeros(6, 1, dtype=torch.long)
+    # Recall for class 0 is perfect, but precision is 1/3: F1 = 2 * 2 / (2 * 2 + 4 + 0) = 0.5.
+    assert torch.allclose(calm.vote_f1(always_0, labels, 3), torch.tensor([[0.5, 0.0, 0.0]]))
+
+
+def test_separation_f1_blend_by_hand() -> None:
+    separation = torch.tensor([[0.8, 0.2]])
+    f1 = torch.tensor([[0.4, 1.0]])
+    n = torch.tensor([2, 6])
+    r = calm.separation_f1_reliability(separation, f1, n, prior_strength=2.0)
+    # lam = 2/4 = 0.5 and 2/8 = 0.25
+    assert torch.allclose(r, torch.tensor([[0.5 * 0.8 + 0.5 * 0.4, 0.25 * 0.2 + 0.75 * 1.0]]))
+    # Without held-out clips the separation is all there is.
+    assert torch.equal(calm.separation_f1_reliability(separation, f1, torch.tensor([0, 0]), 0.0), separation)
+
+
+def test_shrinking_to_the_uniform_vote_by_hand() -> None:
+    w = torch.tensor([[1.0, 0.0], [0.0, 0.5], [0.0, 0.5]])  # (K=3, C=2)
+    out = calm.shrink_to_uniform_vote(w, torch.tensor([0, 2]), torch.tensor([1, 3]), strength=1.0)
+    # lam = 1/2 for class 0, 1/4 for class 1; u = [0.5, 0, 0.5]
+    want = torch.tensor([[0.5 * 0.5 + 0.5 * 1.0, 0.25 * 0.5], [0.0, 0.75 * 0.5], [0.5 * 0.5, 0.25 * 0.5 + 0.75 * 0.5]])
+    assert torch.allclose(out, want)
+    assert torch.allclose(out.sum(0), torch.ones(2))
+    assert torch.equal(calm.shrink_to_uniform_vote(w, torch.tensor([0]), torch.tensor([1, 3]), 0.0), w)

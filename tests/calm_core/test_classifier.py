@@ -3,13 +3,15 @@
 import json
 import pickle
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from calm_core import calm
 from calm_core.backbones.base import HeadLayout
-from calm_core.classifier import UNKNOWN, CalmClassifier, CalmConfig
+from calm_core.classifier import PRESETS, UNKNOWN, CalmClassifier, CalmConfig
 from calm_core.errors import ClassifierFileError
 from calm_core.fingerprint import Fingerprint
 
@@ -17,24 +19,42 @@ LAYOUT = HeadLayout(n_layers=6, n_heads=4, head_dim=8)
 FP = Fingerprint({"adapter": "test/1", "weights": "abc", "precision": "fp32"}, model_id="synthetic")
 
 
-def synthetic(n_per_class: int, informative_layer: int = 2, seed: int = 0, n_classes: int = 3):
-    """Features where only heads of one layer carry the class; every other head is noise."""
+def synthetic(n_per_class: int, informative_layer: int = 2, seed: int = 0, n_classes: int = 3, common: float = 0.0):
+    """Features where only heads of one layer carry the class; every other head is noise.
+
+    common > 0 adds one shared direction per head, as real head features have (their cosines
+    are high whatever the class)."""
     g = torch.Generator().manual_seed(seed)
     centres = torch.randn(n_classes, LAYOUT.n_heads, LAYOUT.head_dim, generator=torch.Generator().manual_seed(99))
     labels = torch.arange(n_classes).repeat_interleave(n_per_class)
     feats = torch.randn(len(labels), LAYOUT.n_layers, LAYOUT.n_heads, LAYOUT.head_dim, generator=g)
     feats[:, informative_layer] = 3 * centres[labels] + 0.5 * feats[:, informative_layer]
-    return feats, labels
+    shared = torch.randn(
+        1, LAYOUT.n_layers, LAYOUT.n_heads, LAYOUT.head_dim, generator=torch.Generator().manual_seed(3)
+    )
+    return feats + common * shared, labels
 
 
-def fit(config: CalmConfig = CalmConfig(top_k=4), **kw) -> CalmClassifier:
+# Without the pull towards SAV's vote, which spreads weight over SAV's heads (tested on its own).
+SPARSE = CalmConfig(top_k=4, sav_shrinkage=0.0)
+
+
+def fit(config: CalmConfig = SPARSE, **kw) -> CalmClassifier:
     feats, labels = synthetic(6, **kw)
     return CalmClassifier.fit(feats, labels, ["a", "b", "c"], LAYOUT, FP, config)
 
 
-def test_fit_finds_the_informative_layer_and_exits_there() -> None:
-    clf = fit()
-    assert clf.info["reliability_source"] == "leave-one-out"
+SOURCES = {
+    "calm": "support separation + leave-one-out F1",
+    "paper": "support (in-sample)",
+    "calm-0.1": "leave-one-out",
+}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_fit_finds_the_informative_layer_and_exits_there(preset: str) -> None:
+    clf = fit(replace(PRESETS[preset], top_k=4, sav_shrinkage=0.0))
+    assert clf.info["reliability_source"] == SOURCES[preset]
     used = clf.heads[(clf.weights > 0).any(1)]
     assert set(LAYOUT.layer_of(used).tolist()) == {2}
     assert clf.exit_layer == 2
@@ -59,23 +79,64 @@ def test_prediction_needs_only_layers_up_to_exit() -> None:
 
 
 def test_max_layer_bounds_the_heads() -> None:
-    clf = fit(CalmConfig(top_k=4, max_layer=1))
+    clf = fit(replace(SPARSE, max_layer=1))
     assert clf.exit_layer <= 1 and clf.sav_exit_layer <= 1
 
 
-def test_validation_set_is_used_when_given() -> None:
+VALIDATION_SOURCES = [("calm", "support separation + validation F1"), ("calm-0.1", "validation")]
+
+
+@pytest.mark.parametrize(("preset", "source"), VALIDATION_SOURCES)
+def test_validation_set_is_used_when_given(preset: str, source: str) -> None:
     feats, labels = synthetic(3)
     val, val_y = synthetic(4, seed=5)
-    clf = CalmClassifier.fit(feats, labels, ["a", "b", "c"], LAYOUT, FP, CalmConfig(top_k=4), val, val_y)
-    assert clf.info["reliability_source"] == "validation"
+    config = replace(PRESETS[preset], top_k=4)
+    clf = CalmClassifier.fit(feats, labels, ["a", "b", "c"], LAYOUT, FP, config, val, val_y)
+    assert clf.info["reliability_source"] == source
 
 
-def test_one_shot_falls_back_to_uniform_weights() -> None:
+def test_one_shot_leave_one_out_falls_back_to_uniform_weights() -> None:
     feats, labels = synthetic(1)
-    clf = CalmClassifier.fit(feats, labels, ["a", "b", "c"], LAYOUT, FP, CalmConfig(top_k=5))
+    clf = CalmClassifier.fit(feats, labels, ["a", "b", "c"], LAYOUT, FP, replace(PRESETS["calm-0.1"], top_k=5))
     assert clf.info["reliability_source"].startswith("none")
     nonzero = clf.weights[clf.weights > 0]
     assert torch.allclose(nonzero, torch.full_like(nonzero, 0.2))
+
+
+def test_auto_top_k_puts_most_weight_on_the_informative_layer() -> None:
+    clf = fit(CalmConfig(top_k="auto", sav_shrinkage=0.0), common=4.0)
+    assert clf.info["top_k"] in (5, 10, 20, 24)
+    on_layer_2 = clf.weights[LAYOUT.layer_of(clf.heads) == 2].sum(0)
+    assert bool((on_layer_2 > 0.5).all()), on_layer_2
+
+
+def test_sav_shrinkage_mixes_in_the_uniform_vote_by_shot_count() -> None:
+    sparse, shrunk = fit(), fit(replace(SPARSE, sav_shrinkage=1.0))
+    assert torch.equal(sparse.heads[sparse.sav], shrunk.heads[shrunk.sav])
+    lam = 1.0 / (1.0 + 6)  # six clips per class
+    want = torch.zeros(LAYOUT.n_total, 3)
+    want[sparse.heads] += (1 - lam) * sparse.weights
+    want[sparse.heads[sparse.sav]] += lam / sparse.sav.numel()
+    assert torch.allclose(shrunk.weights, want[shrunk.heads], atol=1e-6)
+
+
+def test_one_shot_default_weights_heads_by_separation() -> None:
+    # With a shared direction, one clip per class tells the heads that place classes apart.
+    feats, labels = synthetic(1, common=8.0)
+    clf = CalmClassifier.fit(feats, labels, ["a", "b", "c"], LAYOUT, FP, SPARSE)
+    assert clf.info["reliability_source"] == "support separation (a class has 1 clip)"
+    on_layer_2 = clf.weights[LAYOUT.layer_of(clf.heads) == 2].sum(0)
+    assert bool((on_layer_2 > 0.7).all()), on_layer_2
+
+
+def test_paper_preset_uses_in_sample_reliability_exactly() -> None:
+    feats, labels = synthetic(4)
+    clf = CalmClassifier.fit(feats, labels, ["a", "b", "c"], LAYOUT, FP, PRESETS["paper"])
+    flat = feats.reshape(len(labels), -1, LAYOUT.head_dim)
+    protos = calm.class_prototypes(flat, labels, 3)
+    want = calm.reliability(calm.head_posteriors(flat, protos, 0.03), labels, 3, "margin_clamped")
+    assert torch.equal(clf.reliability, want[clf.heads])
+    assert torch.equal(clf.weights, calm.head_weights(want, "margin_clamped", 20, 0.5)[clf.heads])
 
 
 def test_abstain_answers_unknown_below_threshold() -> None:
@@ -194,3 +255,20 @@ def test_loaded_classifier_survives_its_file_being_overwritten_in_place(tmp_path
         f.write(b"junk")
     test, _ = synthetic(2, seed=3)
     assert clf.scores(test).shape == (6, 3)
+
+
+def test_auto_top_k_scores_each_clip_with_a_classifier_fitted_without_it() -> None:
+    """The choice is made on the support clips only, and a clip never helps choose for itself:
+    each candidate's count must equal an explicit refit on the other clips."""
+    feats, labels = synthetic(3, common=4.0)
+    names = ["a", "b", "c"]
+    clf = CalmClassifier.fit(feats, labels, names, LAYOUT, FP, CalmConfig(top_k="auto"))
+    counts = clf.info["top_k_leave_one_out_correct"]
+    assert sorted(map(int, counts)) == [5, 10, 20, 24]
+    for k, got in counts.items():
+        correct = 0
+        for i in range(len(labels)):
+            rest = torch.arange(len(labels)) != i
+            other = CalmClassifier.fit(feats[rest], labels[rest], names, LAYOUT, FP, CalmConfig(top_k=int(k)))
+            correct += other.predict(feats[i : i + 1])[0].best == names[int(labels[i])]
+        assert correct == got, k

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from calm_core.classifier import CalmClassifier
+
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
@@ -41,10 +43,11 @@ def fitted(tiny_model_dir: Path, tone_sets: dict[str, Path], tmp_path_factory: p
     return out, cache, json.loads(proc.stdout)
 
 
-def test_fit_reports_leave_one_out_and_an_exit_layer(fitted) -> None:
+def test_fit_reports_its_reliability_and_an_exit_layer(fitted) -> None:
     out, _, summary = fitted
     assert out.is_file()
-    assert summary["reliability"] == "leave-one-out" and summary["support"] == 20
+    assert summary["preset"] == "calm" and summary["top_k"] == 6
+    assert summary["reliability"] == "support separation + leave-one-out F1" and summary["support"] == 20
     assert 0 <= summary["exit_layer"] < summary["n_layers"] == 4
     assert summary["cache"] == {"hits": 0, "misses": 20}
 
@@ -138,3 +141,13 @@ def test_make_tiny_model_module_entry(tmp_path: Path) -> None:
     )
     assert json.loads(proc.stdout.strip().splitlines()[-1])["model_dir"] == str(tmp_path / "m")
     assert json.loads((tmp_path / "m" / "config.json").read_text())["text_config"]["num_hidden_layers"] == 3
+
+
+def test_paper_preset_and_overrides(fitted, tiny_model_dir, tone_sets, tmp_path: Path) -> None:
+    _, cache, _ = fitted
+    out = tmp_path / "paper.safetensors"
+    args = ["fit", "--model", str(tiny_model_dir), "--support", str(tone_sets["support"]), "--out", str(out)]
+    summary = json.loads(calm(*args, "--preset", "paper", "--top-k", "3", "--cache-dir", str(cache)).stdout)
+    assert summary["preset"] == "paper" and summary["reliability"] == "support (in-sample)" and summary["top_k"] == 3
+    config = CalmClassifier.load(out).config
+    assert (config.tau, config.tau_w, config.scheme, config.top_k) == (0.03, 0.5, "margin_clamped", 3)
