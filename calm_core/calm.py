@@ -106,16 +106,31 @@ def reliability(
     return r
 
 
+def hard_votes(posteriors: torch.Tensor, tie: float = 1e-6) -> torch.Tensor:
+    """Each head's nearest-prototype vote, (N, K, C) -> (N, K); -1 where the best two classes tie.
+
+    Some heads do not depend on the audio at all (in a decoder's first layer, the last prompt
+    token sees only the prompt): all their cosines are equal, and argmax would make them vote
+    for class 0 on every clip, which F1 would credit as recall for class 0.
+    """
+    if posteriors.shape[-1] < 2:
+        return torch.zeros(posteriors.shape[:-1], dtype=torch.long)
+    top = posteriors.topk(2, dim=-1)
+    votes = top.indices[..., 0]
+    return votes.masked_fill(top.values[..., 0] - top.values[..., 1] <= tie, -1)
+
+
 def vote_f1(votes: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
     """Per-head, per-class F1 of hard nearest-prototype votes: (N, K) class indices -> (K, C).
 
+    A vote of -1 (a tie) is no vote: it misses the clip's class and claims no other.
     F1 checks both sides of a head's claim about class c: recall (it says c on c clips) and
     precision (it says c only on c clips). A head that answers c for everything has high recall
     for c but low precision, so it does not look reliable for c. 0 where the head never says c
     and no clip is c.
     """
     truth = F.one_hot(labels, n_classes).to(torch.float32)  # (N, C)
-    said = F.one_hot(votes, n_classes).to(torch.float32)  # (N, K, C)
+    said = F.one_hot(votes.clamp(min=0), n_classes).to(torch.float32) * (votes >= 0)[..., None]  # (N, K, C)
     tp = torch.einsum("nkc,nc->kc", said, truth)
     fp = said.sum(0) - tp
     fn = truth.sum(0)[None] - tp
@@ -213,7 +228,7 @@ def top_two_margin(scores: torch.Tensor) -> torch.Tensor:
 
 def head_accuracy(posteriors: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Nearest-prototype accuracy of each head: (N, K, C) -> (K,)."""
-    return (posteriors.argmax(-1) == labels[:, None]).to(posteriors.dtype).mean(0)
+    return (hard_votes(posteriors) == labels[:, None]).to(posteriors.dtype).mean(0)
 
 
 def sav_select(posteriors: torch.Tensor, labels: torch.Tensor, n_heads: int = 20) -> torch.Tensor:

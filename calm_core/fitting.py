@@ -49,7 +49,7 @@ def head_reliability(
         if has_val:
             assert val_flat is not None and val_labels is not None
             post = calm.head_posteriors(val_flat, prototypes, config.tau)
-            f1 = calm.vote_f1(post.argmax(-1), val_labels, n_classes)
+            f1 = calm.vote_f1(calm.hard_votes(post), val_labels, n_classes)
             n_held_out = torch.bincount(val_labels, minlength=n_classes)
             return Reliability(
                 calm.separation_f1_reliability(separation, f1, n_held_out, config.prior_strength),
@@ -60,7 +60,8 @@ def head_reliability(
             # In-sample votes flatter a head (the clip is in its own prototype), leave-one-out
             # votes judge it on a prototype one clip poorer than the real one: take the middle.
             f1 = 0.5 * (
-                calm.vote_f1(in_sample.argmax(-1), labels, n_classes) + calm.vote_f1(loo.argmax(-1), labels, n_classes)
+                calm.vote_f1(calm.hard_votes(in_sample), labels, n_classes)
+                + calm.vote_f1(calm.hard_votes(loo), labels, n_classes)
             )
             r = calm.separation_f1_reliability(separation, f1, counts - 1, config.prior_strength)
             return Reliability(r, loo, labels, "support separation + leave-one-out F1")

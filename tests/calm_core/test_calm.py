@@ -169,3 +169,15 @@ def test_shrinking_to_the_uniform_vote_by_hand() -> None:
     assert torch.allclose(out, want)
     assert torch.allclose(out.sum(0), torch.ones(2))
     assert torch.equal(calm.shrink_to_uniform_vote(w, torch.tensor([0]), torch.tensor([1, 3]), 0.0), w)
+
+
+def test_a_head_that_ignores_the_audio_casts_no_vote() -> None:
+    # Head 0 gives every clip the same posterior (a tie); head 1 votes 1, 0, 1.
+    post = torch.tensor([[[0.5, 0.5], [0.2, 0.8]], [[0.5, 0.5], [0.9, 0.1]], [[0.5, 0.5], [0.3, 0.7]]])
+    votes = calm.hard_votes(post)
+    assert votes.tolist() == [[-1, 1], [-1, 0], [-1, 1]]
+    f1 = calm.vote_f1(votes, torch.tensor([0, 0, 1]), 2)
+    # head 0: no votes, F1 0 for both classes (not the recall a constant argmax would earn class 0)
+    # head 1: class 0 tp 1, fp 0, fn 1 -> 2/3; class 1 tp 1, fp 1, fn 0 -> 2/3
+    assert torch.allclose(f1, torch.tensor([[0.0, 0.0], [2 / 3, 2 / 3]]))
+    assert calm.head_accuracy(post, torch.tensor([0, 0, 1])).tolist()[0] == 0.0
