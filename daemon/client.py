@@ -14,7 +14,7 @@ from typing import Any
 
 import zmq
 
-from .events import EVENT_TOPIC, LABEL_TOPIC, STATUS_TOPIC, Event, LabelEvent, decode
+from .events import CALL_TOPIC, EVENT_TOPIC, LABEL_TOPIC, STATUS_TOPIC, Event, LabelEvent, decode
 
 log = logging.getLogger("calm.client")
 
@@ -32,6 +32,7 @@ class Subscriber:
         *,
         status: bool = True,
         events: bool = False,
+        calls: list[str] | None = None,
         curve_server_key: bytes | None = None,
         curve_client_cert: Path | None = None,
         context: zmq.Context[Any] | None = None,
@@ -50,6 +51,7 @@ class Subscriber:
         topics = [LABEL_TOPIC + s for s in names]
         topics += [EVENT_TOPIC + s for s in names] if events else []
         topics += [STATUS_TOPIC] if status else []
+        topics += [CALL_TOPIC + c for c in calls] if calls is not None else []  # [""]: every call
         for t in topics:
             self.socket.setsockopt_string(zmq.SUBSCRIBE, t)
         self.socket.connect(endpoint)

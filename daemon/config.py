@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from calm_core.errors import CalmError
 
+from .telephony.config import CallsSection, ListenersSection
+
 
 class ConfigError(CalmError, ValueError):
     """A configuration file or flag that calmd cannot run with."""
@@ -142,10 +144,14 @@ class DaemonConfig(_Section):
     metrics: MetricsSection = MetricsSection()
     vad: VadSection = VadSection()
     events: EventsSection = EventsSection()
-    streams: Annotated[list[StreamSection], Field(min_length=1)]
+    listeners: ListenersSection = ListenersSection()  # telephony: one stream per call leg
+    calls: CallsSection = CallsSection()
+    streams: list[StreamSection] = []
 
     @model_validator(mode="after")
     def _unique_ids(self) -> DaemonConfig:
+        if not self.streams and not self.listeners.any():
+            raise ValueError("configure at least one [[streams]] entry or one [listeners.<protocol>] section")
         ids = [s.id for s in self.streams]
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:

@@ -1,7 +1,8 @@
 """The messages calmd publishes: small typed objects, serialised and parsed in one place.
 
 Every ZeroMQ message is two frames: the topic (UTF-8) and one JSON object. Topics:
-calm.label.<stream> (LabelEvent), calm.event.<stream> (EdgeEvent), calm.status (StatusEvent).
+calm.label.<stream> (LabelEvent), calm.event.<stream> (EdgeEvent), calm.status (StatusEvent),
+calm.call.<call-id> (CallEvent: a running verdict after each segment of a call, and a final one at hangup).
 The JSON Schemas in daemon/schemas/ document each message; tests validate every message.
 """
 
@@ -15,6 +16,7 @@ from typing import Any, ClassVar
 LABEL_TOPIC = "calm.label."
 EVENT_TOPIC = "calm.event."
 STATUS_TOPIC = "calm.status"
+CALL_TOPIC = "calm.call."
 
 
 def utc_iso(ts: float) -> str:
@@ -130,7 +132,55 @@ class StatusEvent:
         return cls(**fields)
 
 
-Event = LabelEvent | EdgeEvent | StatusEvent
+@dataclass(frozen=True)
+class CallLeg:
+    leg: str
+    stream: str
+    scored: bool  # counts towards the call's score
+    segments: int  # segments labelled on this leg
+    score: float | None  # mean log-odds of the positive class over them; None before the first
+    audio_s: float | None  # audio received on this leg; None until the leg has ended
+
+
+@dataclass(frozen=True)
+class CallEvent:
+    """The verdict on one call: the mean per-segment log-odds of the positive class over its scored legs."""
+
+    SCHEMA: ClassVar[str] = "calm.call/1"
+    call: str
+    protocol: str
+    seq: int  # per call, from 0
+    final: bool  # false: a running update after a segment; true: the verdict at hangup (the last message)
+    started_utc: str
+    time_utc: str
+    duration_s: float  # wall time from the first leg's connection to this message
+    legs: list[CallLeg]
+    segments: int  # scored segments
+    score: float | None  # mean log-odds of `positive` over scored segments; None before the first
+    positive: str  # the class the score is about (e.g. "spoof")
+    threshold: float
+    threshold_source: str  # "classifier" | "config" | "default"
+    decision: str  # "positive" (score >= threshold), "negative", or "none" (no scored segment yet)
+    classifier: str
+    fingerprint: str
+    error: str | None = None  # a leg ended by bad input or a peer error
+
+    @property
+    def topic(self) -> str:
+        return CALL_TOPIC + self.call
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": self.SCHEMA, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CallEvent:
+        _check_schema(data, cls.SCHEMA)
+        fields = {k: v for k, v in data.items() if k != "schema"}
+        fields["legs"] = [CallLeg(**leg) for leg in fields["legs"]]
+        return cls(**fields)
+
+
+Event = LabelEvent | EdgeEvent | StatusEvent | CallEvent
 
 
 def encode(event: Event) -> list[bytes]:
@@ -143,7 +193,7 @@ def decode(frames: list[bytes]) -> Event:
         raise ValueError(f"expected 2 frames [topic, json], got {len(frames)}")
     data = json.loads(frames[1])
     schema = data.get("schema", "") if isinstance(data, dict) else ""
-    for cls in (LabelEvent, EdgeEvent, StatusEvent):
+    for cls in (LabelEvent, EdgeEvent, StatusEvent, CallEvent):
         if schema == cls.SCHEMA:
             return cls.from_json(data)  # type: ignore[attr-defined,no-any-return]
     raise ValueError(f"unknown message schema {schema!r}")

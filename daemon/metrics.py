@@ -27,6 +27,18 @@ class Metrics:
         self.reconnects = Counter("calm_reconnects_total", "Source reconnect attempts", ["stream"], registry=r)
         self.queue_depth = Gauge("calm_queue_depth", "Segments waiting for the model", registry=r)
         self.state = Gauge("calm_stream_state", "1 for the stream's current state", ["stream", "state"], registry=r)
+        self.calls = Counter("calm_calls_total", "Calls accepted by a telephony listener", ["protocol"], registry=r)
+        self.calls_refused = Counter(
+            "calm_calls_refused_total", "Connections refused (busy, token, bad handshake)", ["protocol", "reason"],
+            registry=r,
+        )  # fmt: skip
+        self.call_errors = Counter(
+            "calm_call_errors_total", "Calls closed by bad input or a peer error", ["protocol", "reason"], registry=r
+        )
+        self.calls_active = Gauge("calm_calls_active", "Calls in progress", ["protocol"], registry=r)
+        self.call_verdicts = Counter(
+            "calm_call_verdicts_total", "Final call verdicts", ["protocol", "decision"], registry=r
+        )
         buckets = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
         self.vad_seconds = Histogram("calm_vad_seconds", "Segmenter time per chunk", buckets=buckets, registry=r)
         self.inference_seconds = Histogram(

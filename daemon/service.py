@@ -18,16 +18,20 @@ from calm_core.backbones.base import Backbone
 from calm_core.classifier import UNKNOWN, CalmClassifier
 from calm_core.errors import CalmError
 
+from .calls import CallAggregator, Policy, decision_policy
 from .config import DaemonConfig
 from .events import EdgeEvent, LabelEvent, Scored, StatusEvent, StreamStatus, utc_iso
 from .metrics import Metrics
 from .publisher import Publisher
 from .segmenter import Segment, Segmenter
+from .sinks import Sink, StreamInfo
 from .sources import Source, make_source
 
 log = logging.getLogger("calmd")
 
 THREAD_STOP_S = 5.0  # on stop: how long capture threads and the heartbeat get to end once asked
+ENDED_KEEP_S = 60.0  # an ended listener stream stays in calm.status this long (its last state and error)
+ENDED_KEEP_MAX = 200
 
 
 @dataclass
@@ -51,6 +55,12 @@ class StreamStats:
     event_seq: int = 0
     active_label: str | None = None
     last_seen_s: float = 0.0
+    info: StreamInfo | None = None  # set for streams a listener opened (one per call leg); None: configured
+
+    @property
+    def accounted(self) -> int:
+        """Segments whose fate is known: labelled, dropped, failed or unclassified."""
+        return self.seq + self.dropped + self.failed + self.unclassified
 
 
 class SegmentQueue:
@@ -108,6 +118,7 @@ class Model:
     classifier: CalmClassifier
     name: str
     lock: threading.Lock = field(default_factory=threading.Lock)
+    policy: Policy | None = None  # per-call decisions, when listeners are configured
 
 
 class Service:
@@ -122,6 +133,9 @@ class Service:
         self.publisher = Publisher(cfg.publish)
         self.segmenters = {s.id: Segmenter(s.id, cfg.vad) for s in cfg.streams}
         self.sources: list[Source] = []
+        self.listeners: list[Any] = []  # telephony listeners: each opens streams through open_stream()
+        self.sinks: list[Sink] = []  # consumers of labels and stream lifecycles beside the publisher
+        self.ended: dict[str, tuple[float, StreamStatus]] = {}  # listener streams retired lately, for status
         self.stopping = threading.Event()
         self.abandon = threading.Event()  # set once the drain bound has passed: the worker takes no new batch
         # A batch's results and stop() giving up on it exclude each other, so that every segment ends up
@@ -152,7 +166,19 @@ class Service:
                 f"{classifier_path}: needs layers up to {clf.exit_layer}, but only {backbone.loaded_layers} are "
                 "loaded; restart calmd to load more"
             )
-        return Model(backbone, clf, Path(classifier_path).name.split(".")[0])
+        name = Path(classifier_path).name.split(".")[0]
+        policy = None
+        if self.cfg.listeners.any():  # ValueError when the positive class is not one of the classifier's
+            calls = self.cfg.calls
+            policy = decision_policy(
+                clf.labels, clf.info, name, clf.fingerprint.digest, calls.positive, calls.threshold
+            )
+        return Model(backbone, clf, name, policy=policy)
+
+    def call_policy(self) -> Policy:
+        policy = self.model.policy
+        assert policy is not None
+        return policy
 
     def reload(self) -> bool:
         """SIGHUP: load and check the classifier file again; the old one stays if the new one is refused."""
@@ -173,6 +199,18 @@ class Service:
 
     # ---- capture -----------------------------------------------------------------------------
     def start(self) -> None:
+        if self.cfg.listeners.any():
+            from .telephony import make_listeners
+
+            self.sinks.append(CallAggregator(self.publisher.publish, self.call_policy, self.metrics))
+            self.listeners = make_listeners(self.cfg.listeners, self, self.metrics)
+            for n, listener in enumerate(self.listeners):
+                try:
+                    listener.start()  # OSError when its address is taken: calmd does not start
+                except OSError:
+                    for started in self.listeners[:n]:
+                        started.stop(THREAD_STOP_S)
+                    raise
         for s in self.cfg.streams:
             source = make_source(s, self._sink(s.id), self._state_cb(s.id))
             self.sources.append(source)
@@ -184,8 +222,8 @@ class Service:
     def _sink(self, stream: str) -> Any:
         segmenter = self.segmenters[stream]
         stats = self.stats[stream]
-        cfg = next(s for s in self.cfg.streams if s.id == stream)
-        blocking = cfg.type == "file" and not cfg.realtime
+        cfg = next((s for s in self.cfg.streams if s.id == stream), None)
+        blocking = cfg is not None and cfg.type == "file" and not cfg.realtime
 
         def sink(chunk: np.ndarray) -> None:
             now = time.time()
@@ -204,7 +242,7 @@ class Service:
     def _enqueue(self, seg: Segment, end_wall: float, blocking: bool = False) -> None:
         with self.stats_lock:
             self.stats[seg.stream].segments += 1
-        self.metrics.segments.labels(seg.stream).inc()
+        self.metrics.segments.labels(self._metric_stream(seg.stream)).inc()
         if not self.queue.put(Queued(seg, end_wall), wait=self.stopping if blocking else None):
             self._unclassified([seg])  # calmd is stopping: the queue is closed or full for good
         self.metrics.queue_depth.set(len(self.queue))
@@ -212,7 +250,7 @@ class Service:
     def _state_cb(self, stream: str) -> Any:
         def on_state(state: str, error: str | None) -> None:
             stats = self.stats[stream]
-            if state == "finished":
+            if state == "finished" or (state == "failed" and stats.info is not None):
                 for seg in self.segmenters[stream].flush():
                     self._enqueue(seg, time.time())
             if state == "backoff":
@@ -220,7 +258,8 @@ class Service:
             stats.state = state
             if error is not None:
                 stats.last_error = error
-            self.metrics.set_state(stream, state)
+            if stats.info is None:  # a state gauge per call would grow without bound
+                self.metrics.set_state(stream, state)
             log.debug("stream %s: %s%s", stream, state, f" ({error})" if error else "")
 
         return on_state
@@ -228,14 +267,52 @@ class Service:
     def _dropped(self, item: Queued) -> None:
         with self.stats_lock:
             self.stats[item.segment.stream].dropped += 1
-        self.metrics.dropped.labels(item.segment.stream).inc()
+        self.metrics.dropped.labels(self._metric_stream(item.segment.stream)).inc()
         log.debug("dropped segment %s@%.2f: queue full", item.segment.stream, item.segment.start_s)
 
     def _unclassified(self, segments: list[Segment]) -> None:
         for seg in segments:
             with self.stats_lock:
                 self.stats[seg.stream].unclassified += 1
-            self.metrics.unclassified.labels(seg.stream).inc()
+            self.metrics.unclassified.labels(self._metric_stream(seg.stream)).inc()
+
+    # ---- streams that come and go (one per call leg, opened by a listener) ---------------------------
+    def open_stream(self, info: StreamInfo) -> StreamHandle:
+        """Register a stream that flows through the same segmenter, queue and worker as a configured one.
+        ValueError when the id is taken by a configured or still running stream."""
+        with self.stats_lock:
+            current = self.stats.get(info.stream)
+            if current is not None:
+                raise ValueError(f"stream id {info.stream!r} is already in use")
+            self.ended.pop(info.stream, None)
+            self.stats[info.stream] = StreamStats(info=info)
+            self.segmenters[info.stream] = Segmenter(info.stream, self.cfg.vad)
+        for sink in self.sinks:
+            sink.stream_opened(info)
+        return StreamHandle(self._sink(info.stream), self._state_cb(info.stream))
+
+    def _metric_stream(self, stream: str) -> str:
+        """The stream label on Prometheus series: call streams are counted under their protocol, since
+        a series per call id would grow without bound."""
+        stats = self.stats.get(stream)
+        return stream if stats is None or stats.info is None else stats.info.protocol
+
+    def _retire_ended(self) -> None:
+        """Drop listener streams that have ended and whose every segment is accounted for; sinks hear of it
+        after the stream's last label (both happen on the worker thread, in that order)."""
+        now = time.monotonic()
+        for sid, stats in list(self.stats.items()):
+            if stats.info is None or stats.state not in ("finished", "failed") or stats.accounted < stats.segments:
+                continue
+            with self.stats_lock:
+                self.stats.pop(sid, None)
+                self.segmenters.pop(sid, None)
+                self.ended[sid] = (now, self._stream_status(stats, reconnects=0))
+            for sink in self.sinks:
+                sink.stream_ended(stats.info, stats.audio_s, stats.last_error if stats.state == "failed" else None)
+        for sid, (at, _) in list(self.ended.items()):
+            if now - at > ENDED_KEEP_S or len(self.ended) > ENDED_KEEP_MAX:
+                self.ended.pop(sid, None)
 
     # ---- inference -----------------------------------------------------------------------------
     def _work(self) -> None:
@@ -250,6 +327,7 @@ class Service:
                         return
                     self.in_model = {id(q): q for q in batch}
                 self._classify(batch)
+            self._retire_ended()
             if self.cfg.events.enabled:
                 self._expire_events()
             if self.fatal:
@@ -301,7 +379,7 @@ class Service:
         for q in batch:
             with self.stats_lock:
                 self.stats[q.segment.stream].failed += 1
-            self.metrics.failed.labels(q.segment.stream).inc()
+            self.metrics.failed.labels(self._metric_stream(q.segment.stream)).inc()
         log.error("inference failed for %d segment(s): %s", len(batch), reason)
         if self.consecutive_failures >= self.cfg.inference.max_consecutive_failures:
             self.fatal = f"{self.consecutive_failures} consecutive inference failures; last: {reason}"
@@ -336,7 +414,9 @@ class Service:
             latency_ms=max(0.0, (now - q.end_wall) * 1e3),
         )
         self.publisher.publish(event)
-        self.metrics.labels.labels(seg.stream, pred.label).inc()
+        for sink in self.sinks:
+            sink.label(event, stats.info)
+        self.metrics.labels.labels(self._metric_stream(seg.stream), pred.label).inc()
         self.metrics.latency_seconds.observe(max(0.0, now - q.end_wall))
         log.debug("%s %.2f-%.2f s: %s (%.3f)", seg.stream, seg.start_s, seg.end_s, pred.label, pred.score)
         if self.cfg.events.enabled:
@@ -362,7 +442,7 @@ class Service:
 
     def _expire_events(self) -> None:
         idle = len(self.queue) == 0
-        for stream, stats in self.stats.items():
+        for stream, stats in list(self.stats.items()):  # listeners add streams from their own threads
             if stats.active_label is None:
                 continue
             ended = stats.state in ("finished", "stopped") and idle
@@ -374,18 +454,10 @@ class Service:
     def status(self) -> StatusEvent:
         sources = {s.cfg.id: s for s in self.sources}
         streams = {}
-        for sid, st in self.stats.items():
-            streams[sid] = StreamStatus(
-                state=st.state,
-                segments=st.segments,
-                dropped=st.dropped,
-                failed=st.failed,
-                unclassified=st.unclassified,
-                reconnects=sources[sid].reconnects if sid in sources else 0,
-                audio_s=round(st.audio_s, 3),
-                rtf=round(st.model_s / st.audio_s, 4) if st.audio_s > 0 else None,
-                last_error=st.last_error,
-            )
+        for sid, st in list(self.stats.items()):
+            streams[sid] = self._stream_status(st, sources[sid].reconnects if sid in sources else 0)
+        for sid, (_, ended) in list(self.ended.items()):
+            streams.setdefault(sid, ended)
         clf = self.model.classifier
         with self.stats_lock:  # heartbeats and reloads publish from different threads
             seq = self.status_seq
@@ -402,6 +474,20 @@ class Service:
             error=self.fatal or self.error,
         )
 
+    @staticmethod
+    def _stream_status(st: StreamStats, reconnects: int) -> StreamStatus:
+        return StreamStatus(
+            state=st.state,
+            segments=st.segments,
+            dropped=st.dropped,
+            failed=st.failed,
+            unclassified=st.unclassified,
+            reconnects=reconnects,
+            audio_s=round(st.audio_s, 3),
+            rtf=round(st.model_s / st.audio_s, 4) if st.audio_s > 0 else None,
+            last_error=st.last_error,
+        )
+
     def publish_status(self) -> None:
         self.publisher.publish(self.status())
 
@@ -413,7 +499,10 @@ class Service:
         return self.worker.is_alive() and time.monotonic() - self.worker_beat < within_s
 
     def all_finished(self) -> bool:
-        return all(s.state in ("finished", "stopped") for s in self.stats.values()) and len(self.queue) == 0
+        configured = [self.stats[s.id] for s in self.cfg.streams]
+        if not configured:  # listeners only: calls keep coming, never "done"
+            return False
+        return all(s.state in ("finished", "stopped") for s in configured) and len(self.queue) == 0
 
     def stop(self, drain_timeout_s: float | None = None, forward_grace_s: float | None = None) -> list[str]:
         """Stop capture and classify what is queued for at most drain_timeout_s; then take no new batch and
@@ -429,6 +518,8 @@ class Service:
         t0 = time.monotonic()
         for source in self.sources:
             source.stop()
+        for listener in self.listeners:  # hangs up every call: their last segments are queued before the drain
+            listener.stop(THREAD_STOP_S)
         self.stopping.set()
         _join(self.worker, drain_s)
         if self.worker.is_alive():
@@ -450,7 +541,8 @@ class Service:
             left += list(self.in_model.values())
             self.in_model.clear()
         self._unclassified([q.segment for q in left])
-        unclassified = sum(s.unclassified for s in self.stats.values())
+        self._retire_ended()  # final call verdicts for calls whose last segments went unclassified
+        unclassified = sum(s.unclassified for s in list(self.stats.values()))
         elapsed = time.monotonic() - t0
         if unclassified:
             log.warning("stopped with %d segment(s) unclassified after %.1f s", unclassified, elapsed)
@@ -458,6 +550,30 @@ class Service:
         self.publish_status()
         self.publisher.close()  # waits (at most the socket's linger) for the last status to leave
         return [t.name for t in [self.worker, *threads] if t.is_alive()]
+
+
+class StreamHandle:
+    """What a listener holds for one call leg: feed it 16 kHz mono float32, end it once."""
+
+    def __init__(self, sink: Any, on_state: Any):
+        self._sink = sink
+        self._on_state = on_state
+        self.live = False
+        self.ended = False
+
+    def feed(self, chunk: np.ndarray) -> None:
+        if not self.live:
+            self.live = True
+            self._on_state("live", None)
+        if chunk.size:
+            self._sink(chunk)
+
+    def end(self, error: str | None = None) -> None:
+        """Hang up: whatever is open in the segmenter is cut and queued; error marks the stream failed."""
+        if self.ended:
+            return
+        self.ended = True
+        self._on_state("failed" if error else "finished", error)
 
 
 def _join(thread: threading.Thread, timeout: float) -> None:

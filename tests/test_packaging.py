@@ -56,4 +56,5 @@ def test_schemas_ship_with_the_package() -> None:
         "label.schema.json",
         "event.schema.json",
         "status.schema.json",
+        "call.schema.json",
     }

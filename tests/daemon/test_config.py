@@ -50,7 +50,7 @@ def test_defaults_bind_loopback() -> None:
         (with_("streams", type="cdrom"), "streams.0.type", "'cdrom'"),
         (with_("vad", min_segment_s=5, max_segment_s=2), "vad", "must not exceed max_segment_s"),
         (with_("publish", curve_secret_key="/k"), "publish", "set together"),
-        ({"model": {"path": "/m", "classifier": "/c"}, "streams": []}, "streams", "at least 1"),
+        ({"model": {"path": "/m", "classifier": "/c"}, "streams": []}, "<top level>", "or one [listeners.<protocol>]"),
         ({**BASE, "plugins": {"load": "os"}}, "plugins", "unknown key"),
     ],
 )
