@@ -140,7 +140,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _, y = label_index(data, clf.labels)
     feats = _store(args, backbone).extract([e.path for e in data], depth, progress=not args.quiet, desc="eval")
     result = evaluate(clf, feats, y)
-    print(json.dumps(result) if args.json else format_report(result))
+    stored = clf.info.get("decision")
+    positive = args.positive or (stored.get("positive") if isinstance(stored, dict) else None)
+    if positive is not None:
+        from .evaluation import detection, format_detection
+
+        result["detection"] = detection(clf, feats, y, str(positive))
+    text = format_report(result) + (format_detection(result["detection"]) if "detection" in result else "")
+    print(json.dumps(result) if args.json else text)
     return 0
 
 
@@ -275,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--classifier", required=True, type=Path)
     ev.add_argument("--data", required=True, help="folder or manifest of labelled clips")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument(
+        "--positive", metavar="CLASS",
+        help="also report detection of CLASS against the rest (ROC AUC, EER and its threshold, minDCF)",
+    )  # fmt: skip
     _model_args(ev, required=False)
     ev.set_defaults(func=cmd_eval)
 

@@ -8,6 +8,7 @@ import torch
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 
 from .classifier import UNKNOWN, CalmClassifier, Method
+from .detection import ASVSPOOF5, detection_report, log_odds
 
 
 def method_metrics(y_true: list[int], y_pred: list[int], labels: list[str]) -> dict[str, Any]:
@@ -69,4 +70,34 @@ def format_report(result: dict[str, Any]) -> str:
         lines.append(" " * (width + 4) + " ".join(f"{i:>4}" for i in range(len(labels))))
         for i, (name, row) in enumerate(zip(labels, m["confusion"])):
             lines.append(f"{i:>2} {name:<{width}} " + " ".join(f"{v:>4}" for v in row))
+    return "\n".join(lines)
+
+
+def detection(clf: CalmClassifier, features: torch.Tensor, y_true: list[int], positive: str) -> dict[str, Any]:
+    """AUC, EER and minDCF (ASVspoof 5 costs) of `positive` against every other class, for CALM and SAV, on the
+    per-clip log-odds of the positive class (the score calmd's per-call verdicts average)."""
+    if positive not in clf.labels:
+        raise ValueError(f"--positive {positive!r} is not a class of this classifier ({', '.join(clf.labels)})")
+    index = clf.labels.index(positive)
+    is_positive = [y == index for y in y_true]
+    result: dict[str, Any] = {"positive": positive, "n_positive": sum(is_positive), "costs": ASVSPOOF5.__dict__}
+    methods: tuple[Method, ...] = ("calm", "sav")
+    for method in methods:
+        scores = log_odds(clf.scores(features, method).float().numpy(), index)
+        result[method] = detection_report(scores, is_positive)  # type: ignore[arg-type]
+    return result
+
+
+def format_detection(result: dict[str, Any]) -> str:
+    c = result["costs"]
+    lines = [
+        "",
+        f"detection of {result['positive']!r} ({result['n_positive']} positive clips; score: log-odds of "
+        f"{result['positive']!r}; minDCF with ASVspoof 5 costs C_miss={c['c_miss']:g}, C_fa={c['c_fa']:g}, "
+        f"pi_spoof={c['p_spoof']:g})",
+        f"{'':<16} {'CALM':>9} {'SAV':>9}",
+    ]
+    for key, name in (("auc", "ROC AUC"), ("eer", "EER"), ("eer_threshold", "EER threshold"),
+                      ("min_dcf", "minDCF"), ("min_dcf_threshold", "minDCF threshold")):  # fmt: skip
+        lines.append(f"{name:<16} {result['calm'][key]:>9.4f} {result['sav'][key]:>9.4f}")
     return "\n".join(lines)

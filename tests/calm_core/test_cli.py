@@ -151,3 +151,23 @@ def test_paper_preset_and_overrides(fitted, tiny_model_dir, tone_sets, tmp_path:
     assert summary["preset"] == "paper" and summary["reliability"] == "support (in-sample)" and summary["top_k"] == 3
     config = CalmClassifier.load(out).config
     assert (config.tau, config.tau_w, config.scheme, config.top_k) == (0.03, 0.5, "margin_clamped", 3)
+
+
+def test_eval_positive_reports_detection_metrics_for_calm_and_sav(fitted, tone_sets) -> None:
+    out, cache, _ = fitted
+    args = ("eval", "--classifier", str(out), "--data", str(tone_sets["test"]), "--cache-dir", str(cache))
+    result = json.loads(calm(*args, "--json", "--positive", "beep").stdout)["detection"]
+    assert result["positive"] == "beep" and result["n_positive"] == 5
+    assert result["costs"] == {"c_miss": 1.0, "c_fa": 10.0, "p_spoof": 0.05}
+    for method in ("calm", "sav"):
+        m = result[method]
+        assert 0.5 < m["auc"] <= 1 and 0 <= m["eer"] < 0.5 and 0 <= m["min_dcf"] <= 1
+    text = calm(*args, "--positive", "beep").stdout
+    assert "detection of 'beep'" in text and "EER threshold" in text and "minDCF" in text
+
+
+def test_eval_positive_that_is_not_a_class_is_refused(fitted, tone_sets) -> None:
+    out, cache, _ = fitted
+    proc = calm("eval", "--classifier", str(out), "--data", str(tone_sets["test"]), "--cache-dir", str(cache),
+                "--positive", "spoof", check=False)  # fmt: skip
+    assert proc.returncode != 0 and "--positive 'spoof' is not a class" in proc.stderr
