@@ -228,6 +228,8 @@ class Listener:
         """Register a call and open one stream per leg (leg name -> sample rate). BadInput when its id is
         in use (the same call connected twice)."""
         call_id = safe_id(raw_id)
+        if len(self.calls) >= self.cfg.max_calls:  # WebSocket handshakes racing past the check at the door
+            raise BadInput(f"{len(self.calls)} calls in progress (max_calls)", "busy")
         if call_id in self.calls:
             raise BadInput(f"call {call_id} is already connected", "duplicate")
         scored = set(self.cfg.score_legs) if self.cfg.score_legs is not None else set(self.legs_scored_by_default)
