@@ -87,6 +87,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
         config = replace(config, top_k=None)
     support = load_examples(args.support)
     labels, y = label_index(support)
+    if args.positive is not None:
+        from .calibration import positive_index
+
+        positive_index(labels, args.positive)  # refuse a wrong class before extracting features
     val = load_examples(args.val) if args.val else None
     load_layers = None if config.max_layer is None else config.max_layer + 1
     backbone = _open_backbone(args, load_layers)
@@ -100,6 +104,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
         feats, torch.tensor(y), labels, backbone.layout, backbone.fingerprint, config, val_feats, val_y
     )
     clf.info["model_path"] = str(Path(args.model).expanduser().resolve()) if Path(args.model).exists() else args.model
+    if args.positive is not None:
+        from .calibration import calibrate
+
+        clf.info["decision"] = calibrate(clf, feats, torch.tensor(y), args.positive, val_feats, val_y)
     clf.save(args.out)
     summary = {
         "classifier": str(args.out),
@@ -114,6 +122,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         "n_layers": backbone.layout.n_layers,
         "cache": {"hits": store.hits, "misses": store.misses},
     }
+    if "decision" in clf.info:
+        summary["decision"] = clf.info["decision"]
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -276,6 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--max-layer", type=int, default=None, help="only use heads of layers 0..N (faster exit)")
     fit.add_argument("--abstain", choices=ABSTAIN_MODES, help="answer 'unknown' below a threshold")
     fit.add_argument("--abstain-keep", type=float, help="share of correct answers kept")
+    fit.add_argument(
+        "--positive", metavar="CLASS",
+        help="detector of CLASS (e.g. spoof): store the call-score threshold at the EER point of the validation "
+        "clips' scores, or of leave-one-out scores of the support clips (one refit per clip); calmd decides with it",
+    )  # fmt: skip
     fit.set_defaults(func=cmd_fit)
 
     ev = sub.add_parser("eval", help="CALM and SAV accuracy, F1 and confusion on labelled clips")

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 EPS = 1e-6
 
@@ -30,12 +31,20 @@ class DcfCosts:
 ASVSPOOF5 = DcfCosts()
 
 
+def log_odds_ratio(s_pos: ArrayLike, s_other: ArrayLike) -> np.ndarray:
+    """ln((s_pos + EPS) / (s_other + EPS)), scores clipped at 0: the detection score of one clip or segment.
+    The one definition: `calm fit --positive` thresholds it, `calm eval` and calmd's per-call verdicts
+    average it. EPS keeps a class scored 0 finite (about -14 or +14)."""
+    pos = np.clip(np.asarray(s_pos, dtype=np.float64), 0.0, None)
+    other = np.clip(np.asarray(s_other, dtype=np.float64), 0.0, None)
+    return np.log((pos + EPS) / (other + EPS))
+
+
 def log_odds(scores: np.ndarray, positive: int) -> np.ndarray:
-    """Per-clip ln((s_pos + EPS) / (s_other + EPS)), s_other the best other class: (N, C) -> (N,).
-    The same score calmd's per-call verdicts average."""
-    scores = np.clip(np.asarray(scores, dtype=np.float64), 0.0, None)
+    """Per-clip log_odds_ratio of the positive class over the best other class: (N, C) -> (N,)."""
+    scores = np.asarray(scores, dtype=np.float64)
     others = np.delete(scores, positive, axis=1).max(axis=1)
-    return np.log((scores[:, positive] + EPS) / (others + EPS))
+    return log_odds_ratio(scores[:, positive], others)
 
 
 def _split(scores: np.ndarray, is_positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

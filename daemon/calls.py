@@ -1,7 +1,8 @@
 """Per-call verdicts: a sink that turns the labels of a call's legs into calm.call.<call-id> messages.
 
 Each labelled segment of a scored leg adds its log-odds of the positive class,
-    x = ln((s_pos + EPS) / (s_other + EPS)),  s_other the best other class's CALM score,
+    x = ln((s_pos + EPS) / (s_other + EPS)),  s_other the best other class's CALM score
+(calm_core.detection.log_odds_ratio, the score `calm fit --positive` and `calm eval` use too),
 and the call's score is the mean of x over its scored segments. A running update follows every segment;
 the final verdict follows the last leg's hangup, once its last segment is labelled.
 
@@ -21,13 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from calm_core.detection import log_odds_ratio
+
 from .events import CallEvent, CallLeg, LabelEvent, utc_iso
 from .metrics import Metrics
 from .sinks import Sink, StreamInfo
 
 log = logging.getLogger("calmd.calls")
 
-EPS = 1e-6
 DEFAULT_THRESHOLD = 0.0
 DEFAULT_POSITIVE = "spoof"
 
@@ -68,7 +70,7 @@ def decision_policy(
 
 
 def segment_log_odds(event: LabelEvent, positive: str) -> float:
-    """ln of the positive class's score over the best other class's, from the label's top scores."""
+    """log_odds_ratio of the positive class's score over the best other class's, from the label's top scores."""
     s_pos = 0.0
     s_other = 0.0
     for scored in event.top:
@@ -76,7 +78,7 @@ def segment_log_odds(event: LabelEvent, positive: str) -> float:
             s_pos = max(s_pos, scored.score)
         else:
             s_other = max(s_other, scored.score)
-    return math.log((max(s_pos, 0.0) + EPS) / (max(s_other, 0.0) + EPS))
+    return float(log_odds_ratio(s_pos, s_other))
 
 
 @dataclass

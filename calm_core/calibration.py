@@ -1,0 +1,97 @@
+"""The decision threshold of a detector (is this clip the positive class, e.g. spoof?), picked at the EER
+point of scores the classifier never saw: validation clips when given, else leave-one-out over the support.
+
+In-sample scores would not do: with few shots every support clip sits in its own class prototype, so its
+log-odds are far more confident than those of a new call and the threshold would land in the wrong place.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from .backbones.base import HeadLayout
+from .classifier import CalmClassifier, CalmConfig
+from .detection import eer, log_odds
+from .fingerprint import Fingerprint
+
+RULE = "eer"
+SCORE = "mean over segments of ln((p_pos + 1e-6) / (p_best_other + 1e-6)), CALM class scores"
+
+
+def positive_index(labels: list[str], positive: str) -> int:
+    if positive not in labels:
+        raise ValueError(f"--positive {positive!r} is not a class ({', '.join(labels)})")
+    return labels.index(positive)
+
+
+def loo_log_odds(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    names: list[str],
+    layout: HeadLayout,
+    fingerprint: Fingerprint,
+    config: CalmConfig,
+    positive: str,
+) -> np.ndarray:
+    """Each support clip's log-odds of `positive`, from a classifier fitted (same config) on the other clips:
+    (N, L, H, D) -> (N,). N fits; every class needs 2 clips so that one is left when one is held out."""
+    index = positive_index(names, positive)
+    counts = torch.bincount(labels, minlength=len(names))
+    if bool((counts < 2).any()):
+        short = [n for n, c in zip(names, counts.tolist()) if c < 2]
+        raise ValueError(f"leave-one-out calibration needs 2 support clips in every class ({short} have fewer); "
+                         "give validation clips with --val")  # fmt: skip
+    scores = np.empty(features.shape[0])
+    # A class left with one clip fits with uniform weights, and says so once per fit: not news here.
+    quiet = logging.getLogger("calm_core.classifier")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        for i in range(features.shape[0]):
+            rest = torch.arange(features.shape[0]) != i
+            clf = CalmClassifier.fit(features[rest], labels[rest], names, layout, fingerprint, config)
+            scores[i] = log_odds(clf.scores(features[i : i + 1]).float().numpy(), index)[0]
+    finally:
+        quiet.setLevel(level)
+    return scores
+
+
+def eer_decision(scores: np.ndarray, is_positive: np.ndarray, positive: str, scores_from: str) -> dict[str, Any]:
+    """The classifier file's info["decision"]: flag `positive` when the call score >= threshold, the threshold
+    at the EER point of these held-out scores."""
+    is_positive = np.asarray(is_positive, dtype=bool)
+    value, threshold = eer(scores, is_positive)
+    if not np.isfinite(threshold):
+        raise ValueError(f"the {scores_from} scores give no finite EER threshold (all {scores.size} alike?)")
+    return {
+        "positive": positive,
+        "threshold": threshold,
+        "rule": RULE,
+        "scores_from": scores_from,
+        "score": SCORE,
+        "eer": value,
+        "n_positive": int(is_positive.sum()),
+        "n_negative": int((~is_positive).sum()),
+    }
+
+
+def calibrate(
+    clf: CalmClassifier,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    positive: str,
+    val_features: torch.Tensor | None = None,
+    val_labels: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """The decision for a fitted classifier: its threshold from validation clips when given (scored by clf
+    itself), else from leave-one-out over the support features it was fitted on."""
+    index = positive_index(clf.labels, positive)
+    if val_features is not None and val_labels is not None:
+        scores = log_odds(clf.scores(val_features).float().numpy(), index)
+        return eer_decision(scores, (val_labels == index).numpy(), positive, "validation")
+    scores = loo_log_odds(features, labels, clf.labels, clf.layout, clf.fingerprint, clf.config, positive)
+    return eer_decision(scores, (labels == index).numpy(), positive, "leave-one-out support")
