@@ -144,6 +144,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import evaluate, format_report
 
     clf = CalmClassifier.load(args.classifier)
+    if args.plot and not (args.positive or isinstance(clf.info.get("decision"), dict)):
+        raise CalmError("--plot draws detection curves: give --positive CLASS (the classifier names none)")
     depth = clf.exit_layer_for(("calm", "sav"))
     backbone = _backbone_for(args, clf, depth)
     data = load_examples(args.data)
@@ -155,10 +157,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if positive is not None:
         from .evaluation import detection, format_detection
 
-        result["detection"] = detection(clf, feats, y, str(positive))
+        calls = [str(e.call) for e in data] if data[0].call is not None else None
+        result["detection"] = detection(clf, feats, y, str(positive), calls)
+        if args.plot:
+            result["detection"]["plot"] = str(_plot_det(args, clf, feats, y, str(positive), calls))
     text = format_report(result) + (format_detection(result["detection"]) if "detection" in result else "")
     print(json.dumps(result) if args.json else text)
     return 0
+
+
+def _plot_det(
+    args: argparse.Namespace, clf: CalmClassifier, feats: torch.Tensor, y: list[int], positive: str,
+    calls: list[str] | None,
+) -> Path:  # fmt: skip
+    """DET curves of CALM and SAV, per clip and (dashed) per call when the clips name their calls."""
+    import numpy as np
+
+    from .detection import det_curve, eer, per_call
+    from .evaluation import detection_scores
+    from .plots import DetCurve, plot_det
+
+    is_positive = np.array(y) == clf.labels.index(positive)
+    curves = []
+    for method, scores in detection_scores(clf, feats, positive).items():
+        sets = [("per clip", scores, is_positive, False)]
+        if calls is not None:
+            _, call_scores, call_positive = per_call(scores, is_positive, calls)
+            sets.append(("per call", call_scores, call_positive, True))
+        for unit, s, p, dashed in sets:
+            curves.append(DetCurve(f"{method.upper()} {unit}", *det_curve(s, p), eer(s, p)[0], dashed))
+    title = f"{Path(args.classifier).name}: {positive!r} on {Path(args.data).name} ({len(y)} clips)"
+    return plot_det(curves, args.plot, title)
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -299,8 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument(
         "--positive", metavar="CLASS",
-        help="also report detection of CLASS against the rest (ROC AUC, EER and its threshold, minDCF)",
+        help="also report detection of CLASS against the rest (ROC AUC, EER and its threshold, minDCF), per clip "
+        "and, when a manifest gives each clip a call (column call or group), per call (mean log-odds of its clips); "
+        "default: the class the classifier was fitted to detect (calm fit --positive)",
     )  # fmt: skip
+    ev.add_argument("--plot", type=Path, metavar="IMAGE", help="draw DET curves of the detection (.png, .svg, .pdf)")
     _model_args(ev, required=False)
     ev.set_defaults(func=cmd_eval)
 

@@ -12,12 +12,14 @@ from .errors import DatasetError
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3", ".opus", ".m4a", ".aac", ".aif", ".aiff", ".au"})
 _PATH_KEYS = ("wav", "path", "audio", "file")
 _LABEL_KEYS = ("mapped_label", "label", "class")
+_CALL_KEYS = ("call", "group")  # clips of one call (or any group) whose scores `calm eval` averages
 
 
 @dataclass(frozen=True)
 class Example:
     path: Path
     label: str
+    call: str | None = None  # the call (or group) the clip belongs to, from a manifest's call/group column
 
 
 def load_examples(spec: str | Path) -> list[Example]:
@@ -25,6 +27,8 @@ def load_examples(spec: str | Path) -> list[Example]:
 
     JSON: a list of objects with `wav` and `mapped_label` (or `path`/`label`).
     CSV: a header row with a path column (wav/path/audio/file) and a label column (mapped_label/label/class).
+    Either may give every clip a call (column `call` or `group`, a string or integer): `calm eval` then also
+    scores each call by the mean over its clips. A manifest that names calls must name one for every clip.
     """
     spec = Path(spec)
     if spec.is_dir():
@@ -74,8 +78,29 @@ def _from_records(records: list[dict[str, object]], manifest: Path) -> list[Exam
                 f"({'/'.join(_LABEL_KEYS)}), got keys {sorted(rec)}"
             )
         p = Path(str(path)).expanduser()
-        out.append(Example(p if p.is_absolute() else manifest.parent / p, str(label)))
+        out.append(Example(p if p.is_absolute() else manifest.parent / p, str(label), _call(rec, i, manifest)))
+    without = [i for i, e in enumerate(out) if e.call is None]
+    if len(without) < len(out) and without:
+        raise DatasetError(
+            f"{manifest}: records {_some(without)} have no call ({'/'.join(_CALL_KEYS)}) while others do; "
+            "give every clip its call, or none"
+        )
     return out
+
+
+def _call(rec: dict[str, object], i: int, manifest: Path) -> str | None:
+    key = next((k for k in _CALL_KEYS if rec.get(k) not in (None, "")), None)
+    if key is None:
+        return None
+    value = rec[key]
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise DatasetError(f"{manifest}: record {i} has {key} = {value!r}; expected a string or an integer")
+    return str(value).strip() or None
+
+
+def _some(indices: list[int], shown: int = 5) -> str:
+    more = f" and {len(indices) - shown} more" if len(indices) > shown else ""
+    return ", ".join(map(str, indices[:shown])) + more
 
 
 def label_index(examples: list[Example], labels: list[str] | None = None) -> tuple[list[str], list[int]]:

@@ -95,3 +95,29 @@ def detection_report(scores: np.ndarray, is_positive: np.ndarray, costs: DcfCost
     e, e_t = eer(scores, is_positive)
     d, d_t = min_dcf(scores, is_positive, costs)
     return {"auc": roc_auc(scores, is_positive), "eer": e, "eer_threshold": e_t, "min_dcf": d, "min_dcf_threshold": d_t}
+
+
+def per_call(scores: np.ndarray, is_positive: np.ndarray, calls: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(call ids in first-seen order, mean clip score per call, whether each call is positive): a call scored
+    as calmd scores one, by the mean of its clips' (segments') scores. ValueError for a call that mixes
+    positive and negative clips."""
+    scores = np.asarray(scores, dtype=np.float64)
+    is_positive = np.asarray(is_positive, dtype=bool)
+    if not len(calls) == scores.size == is_positive.size:
+        raise ValueError(f"{len(calls)} call ids for {scores.size} scores and {is_positive.size} labels")
+    ids = list(dict.fromkeys(calls))
+    index = {c: i for i, c in enumerate(ids)}
+    member = np.array([index[c] for c in calls])
+    n = np.bincount(member, minlength=len(ids))
+    mean = np.bincount(member, weights=scores, minlength=len(ids)) / n
+    positives = np.bincount(member, weights=is_positive.astype(np.float64), minlength=len(ids))
+    mixed = [c for c, p, k in zip(ids, positives, n) if 0 < p < k]
+    if mixed:
+        raise ValueError(f"calls {mixed[:5]} mix positive and negative clips; a call is one or the other")
+    return ids, mean, positives > 0
+
+
+def det_curve(scores: np.ndarray, is_positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false alarm, miss) rates at every threshold, false alarms falling: the points of a DET curve."""
+    _, miss, false_alarm = operating_points(scores, is_positive)
+    return false_alarm, miss

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 
 from .classifier import UNKNOWN, CalmClassifier, Method
-from .detection import ASVSPOOF5, detection_report, log_odds
+from .detection import ASVSPOOF5, detection_report, log_odds, per_call
 
 
 def method_metrics(y_true: list[int], y_pred: list[int], labels: list[str]) -> dict[str, Any]:
@@ -73,18 +74,34 @@ def format_report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def detection(clf: CalmClassifier, features: torch.Tensor, y_true: list[int], positive: str) -> dict[str, Any]:
-    """AUC, EER and minDCF (ASVspoof 5 costs) of `positive` against every other class, for CALM and SAV, on the
-    per-clip log-odds of the positive class (the score calmd's per-call verdicts average)."""
+def detection_scores(clf: CalmClassifier, features: torch.Tensor, positive: str) -> dict[str, np.ndarray]:
+    """Per-clip log-odds of `positive` over the best other class (the score calmd's per-call verdicts average),
+    for CALM and SAV."""
     if positive not in clf.labels:
         raise ValueError(f"--positive {positive!r} is not a class of this classifier ({', '.join(clf.labels)})")
     index = clf.labels.index(positive)
-    is_positive = [y == index for y in y_true]
-    result: dict[str, Any] = {"positive": positive, "n_positive": sum(is_positive), "costs": ASVSPOOF5.__dict__}
     methods: tuple[Method, ...] = ("calm", "sav")
-    for method in methods:
-        scores = log_odds(clf.scores(features, method).float().numpy(), index)
-        result[method] = detection_report(scores, is_positive)  # type: ignore[arg-type]
+    return {m: log_odds(clf.scores(features, m).float().numpy(), index) for m in methods}
+
+
+def detection(
+    clf: CalmClassifier, features: torch.Tensor, y_true: list[int], positive: str, calls: list[str] | None = None
+) -> dict[str, Any]:
+    """AUC, EER and minDCF (ASVspoof 5 costs) of `positive` against every other class, for CALM and SAV, per clip
+    and, when clips carry call ids, per call (the mean of its clips' log-odds)."""
+    scores = detection_scores(clf, features, positive)
+    index = clf.labels.index(positive)
+    is_positive = np.array([y == index for y in y_true], dtype=bool)
+    result: dict[str, Any] = {"positive": positive, "n_positive": int(is_positive.sum()), "costs": ASVSPOOF5.__dict__}
+    for method, s in scores.items():
+        result[method] = detection_report(s, is_positive)
+    if calls is not None:
+        per: dict[str, Any] = {}
+        for method, s in scores.items():
+            ids, call_scores, call_positive = per_call(s, is_positive, calls)
+            per[method] = detection_report(call_scores, call_positive)
+        per.update(n=len(ids), n_positive=int(call_positive.sum()))
+        result["per_call"] = per
     return result
 
 
@@ -97,7 +114,15 @@ def format_detection(result: dict[str, Any]) -> str:
         f"pi_spoof={c['p_spoof']:g})",
         f"{'':<16} {'CALM':>9} {'SAV':>9}",
     ]
-    for key, name in (("auc", "ROC AUC"), ("eer", "EER"), ("eer_threshold", "EER threshold"),
-                      ("min_dcf", "minDCF"), ("min_dcf_threshold", "minDCF threshold")):  # fmt: skip
-        lines.append(f"{name:<16} {result['calm'][key]:>9.4f} {result['sav'][key]:>9.4f}")
+    lines += _detection_rows(result)
+    if "per_call" in result:
+        per = result["per_call"]
+        lines += ["", f"per call ({per['n']} calls, {per['n_positive']} positive; score: mean log-odds of its clips)",
+                  f"{'':<16} {'CALM':>9} {'SAV':>9}", *_detection_rows(per)]  # fmt: skip
     return "\n".join(lines)
+
+
+def _detection_rows(result: dict[str, Any]) -> list[str]:
+    rows = (("auc", "ROC AUC"), ("eer", "EER"), ("eer_threshold", "EER threshold"),
+            ("min_dcf", "minDCF"), ("min_dcf_threshold", "minDCF threshold"))  # fmt: skip
+    return [f"{name:<16} {result['calm'][key]:>9.4f} {result['sav'][key]:>9.4f}" for key, name in rows]

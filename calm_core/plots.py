@@ -1,9 +1,12 @@
-"""The head-specialisation figure: each class's head weights over (layer, head)."""
+"""Figures: each class's head weights over (layer, head); DET curves of a detector."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 
+import numpy as np
 import torch
 
 from .classifier import CalmClassifier
@@ -41,6 +44,64 @@ def plot_head_weights(clf: CalmClassifier, out: str | Path) -> Path:
     fig.suptitle(f"CALM head weights per class (dashed: exit layer {clf.exit_layer} of {clf.layout.n_layers})")
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.8, label="weight")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+@dataclass(frozen=True)
+class DetCurve:
+    name: str  # legend, e.g. "CALM per clip"
+    false_alarm: np.ndarray  # rates at each threshold (detection.det_curve)
+    miss: np.ndarray
+    eer: float
+    dashed: bool = False
+
+
+DET_TICKS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99)
+
+
+def _probit(p: np.ndarray, lo: float = 1e-9, hi: float = 1 - 1e-9) -> np.ndarray:
+    """Normal deviate of each rate. Rates of 0 and 1 have none: they are moved far past the axes, so a curve
+    leaves the plot there instead of running along its edge."""
+    inv = NormalDist().inv_cdf
+    return np.array([inv(float(x)) for x in np.clip(p, lo, hi)])
+
+
+def plot_det(curves: list[DetCurve], out: str | Path, title: str, hi: float = 0.99) -> Path:
+    """DET curves: miss against false-alarm rate on normal-deviate axes (as NIST and ASVspoof draw them), where
+    a detector with Gaussian scores is a straight line; each curve's EER is marked on the diagonal. The axes
+    start at half the smallest non-zero rate (0.1 % at least): with few clips nothing finer can be seen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rates = np.concatenate([np.concatenate([c.false_alarm, c.miss]) for c in curves])
+    lo = max(0.001, 0.5 * float(rates[rates > 0].min(initial=1.0)))
+    fig, ax = plt.subplots(figsize=(5.2, 5.2), constrained_layout=True)
+    for curve in curves:
+        (line,) = ax.plot(
+            _probit(curve.false_alarm), _probit(curve.miss), linestyle="--" if curve.dashed else "-",
+            label=f"{curve.name} (EER {100 * curve.eer:.1f} %)",
+        )  # fmt: skip
+        e = _probit(np.array([curve.eer]), lo, hi)
+        ax.plot(e, e, "o", color=line.get_color(), markersize=5, clip_on=False)
+    ticks = [lo] + [t for t in DET_TICKS if 2 * lo <= t <= hi]
+    positions = _probit(np.array(ticks))
+    labels = [f"{100 * t:.2g}" for t in ticks]
+    ax.plot(positions[[0, -1]], positions[[0, -1]], color="0.7", linewidth=0.8, zorder=0)  # miss = false alarm
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_ticks(positions, labels)
+    ax.set_xlim(positions[0], positions[-1])
+    ax.set_ylim(positions[0], positions[-1])
+    ax.set_xlabel("false alarm rate (%)")
+    ax.set_ylabel("miss rate (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, color="0.9")
+    ax.legend(fontsize=8, loc="upper right")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)

@@ -171,3 +171,47 @@ def test_eval_positive_that_is_not_a_class_is_refused(fitted, tone_sets) -> None
     proc = calm("eval", "--classifier", str(out), "--data", str(tone_sets["test"]), "--cache-dir", str(cache),
                 "--positive", "spoof", check=False)  # fmt: skip
     assert proc.returncode != 0 and "--positive 'spoof' is not a class" in proc.stderr
+
+
+def test_eval_per_call_and_det_plot(fitted, tone_sets, backbone, tmp_path: Path) -> None:
+    import matplotlib.image
+    import numpy as np
+
+    from calm_core.data import load_examples
+    from calm_core.detection import detection_report
+    from calm_core.features import FeatureStore
+
+    out, cache, _ = fitted
+    clips = load_examples(tone_sets["test"])  # 5 per class: calls of 2, 2 and 1 clips
+    rows = [f"{e.path},{e.label},{e.label}-{i % 5 // 2}" for i, e in enumerate(clips)]
+    manifest = tmp_path / "calls.csv"
+    manifest.write_text("path,label,call\n" + "\n".join(rows) + "\n")
+    png = tmp_path / "det.png"
+    args = ("eval", "--classifier", str(out), "--data", str(manifest), "--cache-dir", str(cache), "--positive", "beep")
+    result = json.loads(calm(*args, "--json", "--plot", str(png)).stdout)["detection"]
+    per = result["per_call"]
+    assert (per["n"], per["n_positive"]) == (12, 3) and result["plot"] == str(png)
+
+    clf = CalmClassifier.load(out)
+    feats = FeatureStore(backbone, cache).extract([e.path for e in clips], progress=False)
+    s = clf.scores(feats).double().numpy()
+    pos = clf.labels.index("beep")
+    clip_scores = np.log((s[:, pos] + 1e-6) / (np.delete(s, pos, 1).max(1) + 1e-6))
+    calls = sorted({r.rsplit(",", 1)[1] for r in rows})
+    means = np.array([np.mean([x for x, r in zip(clip_scores, rows) if r.endswith("," + c)]) for c in calls])
+    expected = detection_report(means, np.array([c.startswith("beep-") for c in calls]))
+    assert per["calm"] == pytest.approx(expected, abs=1e-4)
+
+    image = matplotlib.image.imread(png)
+    assert png.stat().st_size > 10_000 and image.shape[0] > 300 and image.shape[1] > 300
+    colours = np.unique((image[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)
+    assert len(colours) > 20  # four curves, markers, grid and text, not a blank canvas
+    text = calm(*args, "--plot", str(tmp_path / "det.svg")).stdout
+    assert "per call (12 calls, 3 positive" in text and (tmp_path / "det.svg").is_file()
+
+
+def test_eval_plot_without_a_positive_class_is_refused(fitted, tone_sets, tmp_path: Path) -> None:
+    out, cache, _ = fitted
+    proc = calm("eval", "--classifier", str(out), "--data", str(tone_sets["test"]), "--cache-dir", str(cache),
+                "--plot", str(tmp_path / "det.png"), check=False)  # fmt: skip
+    assert proc.returncode == 2 and "--plot draws detection curves" in proc.stderr

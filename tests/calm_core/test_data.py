@@ -57,3 +57,27 @@ def test_flat_folder_and_unknown_labels(tmp_path: Path) -> None:
         load_examples(tmp_path)
     with pytest.raises(DatasetError, match=r"\['zebra'\] are not classes"):
         label_index(load_examples(touch(tmp_path / "d" / "zebra" / "z.wav").parent.parent), ["cat", "dog"])
+
+
+def test_csv_and_json_manifests_give_each_clip_its_call(tmp_path: Path) -> None:
+    (tmp_path / "m.csv").write_text("path,label,call\na.wav,spoof,c1\nb.wav,spoof,c1\nc.wav,bonafide,c2\n")
+    assert [e.call for e in load_examples(tmp_path / "m.csv")] == ["c1", "c1", "c2"]
+    (tmp_path / "m.json").write_text(json.dumps([{"wav": "a.wav", "label": "x", "group": 7}]))
+    assert load_examples(tmp_path / "m.json")[0].call == "7"
+    (tmp_path / "n.csv").write_text("path,label\na.wav,x\n")
+    assert load_examples(tmp_path / "n.csv")[0].call is None
+
+
+@pytest.mark.parametrize(
+    "records, message",
+    [
+        ([{"wav": "a.wav", "label": "x", "call": "c1"}, {"wav": "b.wav", "label": "x"}], r"records 1 have no call"),
+        ([{"wav": "a.wav", "label": "x", "call": ["c1"]}], r"record 0 has call = \['c1'\]; expected a string"),
+        ([{"wav": "a.wav", "label": "x", "group": True}], r"record 0 has group = True"),
+    ],
+)
+def test_bad_call_columns_name_the_record(tmp_path: Path, records: list, message: str) -> None:
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps(records))
+    with pytest.raises(DatasetError, match=message):
+        load_examples(manifest)

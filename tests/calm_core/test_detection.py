@@ -5,7 +5,17 @@ import math
 import numpy as np
 import pytest
 
-from calm_core.detection import DcfCosts, detection_report, eer, log_odds, min_dcf, operating_points, roc_auc
+from calm_core.detection import (
+    DcfCosts,
+    det_curve,
+    detection_report,
+    eer,
+    log_odds,
+    min_dcf,
+    operating_points,
+    per_call,
+    roc_auc,
+)
 
 # positives (e.g. spoof) 0.9 0.8 0.4; negatives 0.7 0.3 0.2 0.1
 SCORES = np.array([0.9, 0.8, 0.4, 0.7, 0.3, 0.2, 0.1])
@@ -54,3 +64,26 @@ def test_log_odds_of_the_positive_class_over_the_best_other() -> None:
 def test_one_sided_sets_are_refused() -> None:
     with pytest.raises(ValueError, match="both positive and negative"):
         detection_report(np.array([0.1, 0.2]), np.array([True, True]))
+
+
+def test_per_call_score_is_the_mean_of_its_clips() -> None:
+    # calls a (0.9, 0.5) and b (0.2) positive; c (0.4, 0.1) and d (0.3) negative
+    scores = np.array([0.9, 0.5, 0.2, 0.4, 0.1, 0.3])
+    positive = np.array([1, 1, 1, 0, 0, 0], dtype=bool)
+    ids, means, call_positive = per_call(scores, positive, ["a", "a", "b", "c", "c", "d"])
+    assert ids == ["a", "b", "c", "d"] and means == pytest.approx([0.7, 0.2, 0.25, 0.3])
+    assert call_positive.tolist() == [True, True, False, False]
+    # pairs in order: (0.7, 0.25), (0.7, 0.3) of 4 -> AUC 1/2; at t = 0.3 miss 1/2 (0.2), false alarm 1/2 (0.3)
+    assert roc_auc(means, call_positive) == 0.5
+    assert eer(means, call_positive) == (0.5, pytest.approx(0.3))
+
+
+def test_a_call_of_both_classes_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"calls \['x'\] mix positive and negative"):
+        per_call(np.array([0.1, 0.2]), np.array([True, False]), ["x", "x"])
+
+
+def test_det_curve_runs_from_flag_everything_to_flag_nothing() -> None:
+    fa, miss = det_curve(SCORES, POSITIVE)
+    assert fa.tolist() == pytest.approx([1, 0.75, 0.5, 0.25, 0.25, 0, 0, 0])
+    assert miss.tolist() == pytest.approx([0, 0, 0, 0, 1 / 3, 1 / 3, 2 / 3, 1])
