@@ -179,13 +179,13 @@ def _plot_det(
 
     is_positive = np.array(y) == clf.labels.index(positive)
     curves = []
-    for method, scores in detection_scores(clf, feats, positive).items():
+    for colour, (method, scores) in zip(("C0", "C1"), detection_scores(clf, feats, positive).items()):
         sets = [("per clip", scores, is_positive, False)]
         if calls is not None:
             _, call_scores, call_positive = per_call(scores, is_positive, calls)
             sets.append(("per call", call_scores, call_positive, True))
         for unit, s, p, dashed in sets:
-            curves.append(DetCurve(f"{method.upper()} {unit}", *det_curve(s, p), eer(s, p)[0], dashed))
+            curves.append(DetCurve(f"{method.upper()} {unit}", *det_curve(s, p), eer(s, p)[0], dashed, colour))
     title = f"{Path(args.classifier).name}: {positive!r} on {Path(args.data).name} ({len(y)} clips)"
     return plot_det(curves, args.plot, title)
 

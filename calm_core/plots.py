@@ -58,6 +58,7 @@ class DetCurve:
     miss: np.ndarray
     eer: float
     dashed: bool = False
+    color: str | None = None  # matplotlib colour; None: the next in the cycle
 
 
 DET_TICKS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99)
@@ -73,23 +74,25 @@ def _probit(p: np.ndarray, lo: float = 1e-9, hi: float = 1 - 1e-9) -> np.ndarray
 def plot_det(curves: list[DetCurve], out: str | Path, title: str, hi: float = 0.99) -> Path:
     """DET curves: miss against false-alarm rate on normal-deviate axes (as NIST and ASVspoof draw them), where
     a detector with Gaussian scores is a straight line; each curve's EER is marked on the diagonal. The axes
-    start at half the smallest non-zero rate (0.1 % at least): with few clips nothing finer can be seen."""
+    start at the tick below half the smallest non-zero rate (0.1 % at least): with few clips nothing finer can
+    be seen."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rates = np.concatenate([np.concatenate([c.false_alarm, c.miss]) for c in curves])
-    lo = max(0.001, 0.5 * float(rates[rates > 0].min(initial=1.0)))
+    smallest = 0.5 * float(rates[rates > 0].min(initial=1.0))
+    lo = max([t for t in DET_TICKS if t <= smallest], default=DET_TICKS[0])
     fig, ax = plt.subplots(figsize=(5.2, 5.2), constrained_layout=True)
     for curve in curves:
         (line,) = ax.plot(
-            _probit(curve.false_alarm), _probit(curve.miss), linestyle="--" if curve.dashed else "-",
+            _probit(curve.false_alarm), _probit(curve.miss), linestyle="--" if curve.dashed else "-", color=curve.color,
             label=f"{curve.name} (EER {100 * curve.eer:.1f} %)",
         )  # fmt: skip
         e = _probit(np.array([curve.eer]), lo, hi)
         ax.plot(e, e, "o", color=line.get_color(), markersize=5, clip_on=False)
-    ticks = [lo] + [t for t in DET_TICKS if 2 * lo <= t <= hi]
+    ticks = [t for t in DET_TICKS if lo <= t <= hi]
     positions = _probit(np.array(ticks))
     labels = [f"{100 * t:.2g}" for t in ticks]
     ax.plot(positions[[0, -1]], positions[[0, -1]], color="0.7", linewidth=0.8, zorder=0)  # miss = false alarm
