@@ -11,6 +11,7 @@ from calm_core.detection import (
     detection_report,
     eer,
     log_odds,
+    log_odds_ratio,
     min_dcf,
     operating_points,
     per_call,
@@ -87,3 +88,11 @@ def test_det_curve_runs_from_flag_everything_to_flag_nothing() -> None:
     fa, miss = det_curve(SCORES, POSITIVE)
     assert fa.tolist() == pytest.approx([1, 0.75, 0.5, 0.25, 0.25, 0, 0, 0])
     assert miss.tolist() == pytest.approx([0, 0, 0, 0, 1 / 3, 1 / 3, 2 / 3, 1])
+
+
+def test_log_odds_ratio_clips_negative_scores_and_keeps_a_zero_score_finite() -> None:
+    assert float(log_odds_ratio(0.5, 0.5)) == 0.0
+    assert float(log_odds_ratio(-0.2, 0.5)) == pytest.approx(math.log(1e-6 / 0.500001))  # about -13.1
+    assert log_odds_ratio(np.array([0.9, 0.0]), np.array([0.1, 0.0])) == pytest.approx(
+        [math.log(0.900001 / 0.100001), 0]
+    )
