@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -44,6 +45,12 @@ class PublishSection(_Section):
     send_hwm: Annotated[int, Field(ge=1)] = 1000  # per-subscriber queue; a slow subscriber loses past this
     curve_secret_key: Path | None = None  # server key pair (zmq.auth certificate file)
     curve_allowed_keys: Path | None = None  # folder of client public certificates
+    # names this calmd in calm.status (the key of calm-proxy's last-value cache); None: "<hostname>/<endpoint>"
+    instance: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+
+    @property
+    def instance_id(self) -> str:
+        return self.instance or f"{socket.gethostname()}/{self.endpoint}"
 
     @field_validator("endpoint")
     @classmethod

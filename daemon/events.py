@@ -108,8 +108,9 @@ class StreamStatus:
 class StatusEvent:
     """Heartbeat: a quiet room still sends these; a dead daemon does not."""
 
-    SCHEMA: ClassVar[str] = "calm.status/2"  # /2: streams.*.unclassified
+    SCHEMA: ClassVar[str] = "calm.status/3"  # /2: streams.*.unclassified; /3: instance
     seq: int
+    instance: str  # which calmd (publish.instance): keys the last-value cache of calm-proxy
     time_utc: str
     uptime_s: float
     queue_depth: int

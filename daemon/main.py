@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="override model.device")
     p.add_argument("--classifier", help="override model.classifier")
     p.add_argument("--endpoint", help="override publish.endpoint")
+    p.add_argument("--instance", help="override publish.instance (this calmd's name in calm.status)")
     p.add_argument("--metrics-port", type=int, help="override metrics.port (0: any free port)")
     p.add_argument("--no-metrics", action="store_true", help="do not serve Prometheus metrics")
     p.add_argument("--exit-when-done", action="store_true", help="exit once every file/stdin stream has ended")
@@ -60,6 +61,7 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
         "model.device": args.device,
         "model.classifier": args.classifier,
         "publish.endpoint": args.endpoint,
+        "publish.instance": args.instance,
         "metrics.port": args.metrics_port,
         "metrics.enabled": False if args.no_metrics else None,
     }

@@ -464,6 +464,7 @@ class Service:
             self.status_seq += 1
         return StatusEvent(
             seq=seq,
+            instance=self.cfg.publish.instance_id,
             time_utc=utc_iso(time.time()),
             uptime_s=round(time.monotonic() - self.started, 3),
             queue_depth=len(self.queue),

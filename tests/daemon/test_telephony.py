@@ -199,7 +199,7 @@ sample_rate = 16000
 
 
 def validate(collector: Collector) -> None:
-    schemas = {"calm.call/1": schema("call"), "calm.label/1": schema("label"), "calm.status/2": schema("status")}
+    schemas = {"calm.call/1": schema("call"), "calm.label/1": schema("label"), "calm.status/3": schema("status")}
     with collector.lock:
         raw = list(collector.raw)
     for message in raw:
