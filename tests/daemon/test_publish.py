@@ -33,7 +33,8 @@ def label(seq: int, stream: str = "s") -> LabelEvent:
 
 def test_messages_round_trip_and_match_their_schemas() -> None:
     status = StatusEvent(
-        seq=0, instance="host/tcp://127.0.0.1:5556", time_utc="2026-01-01T00:00:00.000Z", uptime_s=1.0, queue_depth=0, classifier="pets",
+        seq=0, instance="host/tcp://127.0.0.1:5556", time_utc="2026-01-01T00:00:00.000Z", uptime_s=1.0,
+        queue_depth=0, classifier="pets",
         fingerprint="f", exit_layer=3, streams={"s": StreamStatus("stopped", 3, 0, 0, 2, 0, 2.0, 0.1, None)},
     )  # fmt: skip
     edge = EdgeEvent("s", 0, "start", "dog", 1.0, "2026-01-01T00:00:01.000Z")
