@@ -60,17 +60,47 @@ def loo_log_odds(
     return scores
 
 
-def eer_decision(scores: np.ndarray, is_positive: np.ndarray, positive: str, scores_from: str) -> dict[str, Any]:
+def parse_rule(text: str) -> tuple[str, float | None]:
+    """`eer`, or `far=X`: the lowest threshold that flags at most a share X of negative clips (false alarms)."""
+    if text == "eer":
+        return "eer", None
+    if text.startswith("far="):
+        try:
+            far = float(text[4:])
+        except ValueError:
+            far = -1.0
+        if 0.0 <= far < 1.0:
+            return "far", far
+    raise ValueError(f"--calibrate {text!r}: expected eer or far=X with 0 <= X < 1 (e.g. far=0.01)")
+
+
+def far_threshold(negative_scores: np.ndarray, far: float) -> float:
+    """The lowest threshold t with mean(negative_scores >= t) <= far."""
+    ordered = np.sort(np.asarray(negative_scores, dtype=np.float64))[::-1]  # highest first
+    allowed = int(np.floor(far * ordered.size + 1e-9))  # negatives that may be flagged
+    if allowed >= ordered.size:
+        return float(ordered[-1])
+    # Flag the `allowed` highest negatives at most: just above the next one down.
+    return float(np.nextafter(ordered[allowed], np.inf))
+
+
+def eer_decision(
+    scores: np.ndarray, is_positive: np.ndarray, positive: str, scores_from: str, rule: str = RULE
+) -> dict[str, Any]:
     """The classifier file's info["decision"]: flag `positive` when the call score >= threshold, the threshold
-    at the EER point of these held-out scores."""
+    at the EER point of these held-out scores, or (rule far=X) at a false-alarm rate of at most X."""
     is_positive = np.asarray(is_positive, dtype=bool)
     value, threshold = eer(scores, is_positive)
+    kind, far = parse_rule(rule)
+    if kind == "far":
+        assert far is not None
+        threshold = far_threshold(np.asarray(scores)[~is_positive], far)
     if not np.isfinite(threshold):
         raise ValueError(f"the {scores_from} scores give no finite EER threshold (all {scores.size} alike?)")
     return {
         "positive": positive,
         "threshold": threshold,
-        "rule": RULE,
+        "rule": rule,
         "scores_from": scores_from,
         "score": SCORE,
         "eer": value,
@@ -86,12 +116,13 @@ def calibrate(
     positive: str,
     val_features: torch.Tensor | None = None,
     val_labels: torch.Tensor | None = None,
+    rule: str = RULE,
 ) -> dict[str, Any]:
     """The decision for a fitted classifier: its threshold from validation clips when given (scored by clf
     itself), else from leave-one-out over the support features it was fitted on."""
     index = positive_index(clf.labels, positive)
     if val_features is not None and val_labels is not None:
         scores = log_odds(clf.scores(val_features).float().numpy(), index)
-        return eer_decision(scores, (val_labels == index).numpy(), positive, "validation")
+        return eer_decision(scores, (val_labels == index).numpy(), positive, "validation", rule)
     scores = loo_log_odds(features, labels, clf.labels, clf.layout, clf.fingerprint, clf.config, positive)
-    return eer_decision(scores, (labels == index).numpy(), positive, "leave-one-out support")
+    return eer_decision(scores, (labels == index).numpy(), positive, "leave-one-out support", rule)

@@ -88,9 +88,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
     support = load_examples(args.support)
     labels, y = label_index(support)
     if args.positive is not None:
-        from .calibration import positive_index
+        from .calibration import parse_rule, positive_index
 
-        positive_index(labels, args.positive)  # refuse a wrong class before extracting features
+        positive_index(labels, args.positive)  # refuse a wrong class (or rule) before extracting features
+        parse_rule(args.calibrate)
+    elif args.calibrate != "eer":
+        raise CalmError("--calibrate sets the threshold for --positive CLASS: give the positive class too")
     val = load_examples(args.val) if args.val else None
     load_layers = None if config.max_layer is None else config.max_layer + 1
     backbone = _open_backbone(args, load_layers)
@@ -107,7 +110,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.positive is not None:
         from .calibration import calibrate
 
-        clf.info["decision"] = calibrate(clf, feats, torch.tensor(y), args.positive, val_feats, val_y)
+        clf.info["decision"] = calibrate(clf, feats, torch.tensor(y), args.positive, val_feats, val_y, args.calibrate)
     clf.save(args.out)
     summary = {
         "classifier": str(args.out),
@@ -319,6 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--positive", metavar="CLASS",
         help="detector of CLASS (e.g. spoof): store the call-score threshold at the EER point of the validation "
         "clips' scores, or of leave-one-out scores of the support clips (one refit per clip); calmd decides with it",
+    )  # fmt: skip
+    fit.add_argument(
+        "--calibrate", default="eer", metavar="RULE",
+        help="with --positive: the threshold's rule, eer (default) or far=X (flag at most a share X of the "
+        "other class's held-out clips, e.g. far=0.01)",
     )  # fmt: skip
     fit.set_defaults(func=cmd_fit)
 

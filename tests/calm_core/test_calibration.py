@@ -93,3 +93,23 @@ def test_leave_one_out_needs_two_clips_per_class(support, backbone) -> None:
 def test_scores_that_all_tie_give_the_flag_everything_threshold() -> None:
     decision = eer_decision(np.ones(4), np.array([1, 1, 0, 0], dtype=bool), "spoof", "validation")
     assert decision["threshold"] == 1.0 and decision["eer"] == 0.5
+
+
+def test_far_rule_flags_at_most_that_share_of_negatives_by_hand() -> None:
+    from calm_core.calibration import far_threshold, parse_rule
+
+    negatives = np.array([-3.0, -1.0, 0.5, 2.0, -2.0, 1.0, 0.0, -0.5, 3.0, -4.0])  # ten negatives
+    # far=0.1 allows one false alarm: the threshold sits just above the second highest (2.0).
+    t = far_threshold(negatives, 0.1)
+    assert 2.0 < t <= np.nextafter(2.0, np.inf) and (negatives >= t).sum() == 1
+    # far=0 flags none; far=0.25 allows two.
+    assert (negatives >= far_threshold(negatives, 0.0)).sum() == 0
+    assert (negatives >= far_threshold(negatives, 0.25)).sum() == 2
+    scores = np.concatenate([negatives, np.array([2.5, 4.0])])
+    is_positive = np.array([False] * 10 + [True, True])
+    decision = eer_decision(scores, is_positive, "spoof", "validation", "far=0.1")
+    assert decision["rule"] == "far=0.1" and decision["threshold"] == t
+    assert parse_rule("eer") == ("eer", None) and parse_rule("far=0.01") == ("far", 0.01)
+    for bad in ("far=1.5", "far=x", "fpr=0.1"):
+        with pytest.raises(ValueError, match="expected eer or far=X"):
+            parse_rule(bad)
