@@ -16,6 +16,7 @@ import torch
 from .backbones import LoadOptions, load_backbone
 from .backbones.base import DTYPES, Backbone
 from .calm import SCHEMES
+from .channels import CHANNELS, apply_channel
 from .classifier import ABSTAIN_MODES, PRESETS, RELIABILITY_FROM, CalmClassifier, CalmConfig
 from .errors import CalmError
 from .features import FeatureStore, default_cache_dir
@@ -48,8 +49,8 @@ def _open_backbone(args: argparse.Namespace, load_layers: int | None, dtype: str
     return load_backbone(args.model, options)
 
 
-def _store(args: argparse.Namespace, backbone: Backbone) -> FeatureStore:
-    return FeatureStore(backbone, None if args.no_cache else args.cache_dir, args.batch_size)
+def _store(args: argparse.Namespace, backbone: Backbone, channel: str = "none") -> FeatureStore:
+    return FeatureStore(backbone, None if args.no_cache else args.cache_dir, args.batch_size, channel)
 
 
 def _top_k(text: str) -> int | str:
@@ -97,7 +98,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     val = load_examples(args.val) if args.val else None
     load_layers = None if config.max_layer is None else config.max_layer + 1
     backbone = _open_backbone(args, load_layers)
-    store = _store(args, backbone)
+    store = _store(args, backbone, args.channel)
     feats = store.extract([e.path for e in support], progress=not args.quiet, desc="support")
     val_feats = val_y = None
     if val:
@@ -107,6 +108,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         feats, torch.tensor(y), labels, backbone.layout, backbone.fingerprint, config, val_feats, val_y
     )
     clf.info["model_path"] = str(Path(args.model).expanduser().resolve()) if Path(args.model).exists() else args.model
+    clf.info["channel"] = args.channel
     if args.positive is not None:
         from .calibration import calibrate
 
@@ -153,7 +155,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     backbone = _backbone_for(args, clf, depth)
     data = load_examples(args.data)
     _, y = label_index(data, clf.labels)
-    feats = _store(args, backbone).extract([e.path for e in data], depth, progress=not args.quiet, desc="eval")
+    channel = args.channel or str(clf.info.get("channel", "none"))
+    feats = _store(args, backbone, channel).extract([e.path for e in data], depth, progress=not args.quiet, desc="eval")
     result = evaluate(clf, feats, y)
     stored = clf.info.get("decision")
     positive = args.positive or (stored.get("positive") if isinstance(stored, dict) else None)
@@ -201,7 +204,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     for path in args.audio:
         t0 = time.perf_counter()
-        clip = load_audio(path)
+        clip = apply_channel(load_audio(path), str(clf.info.get("channel", "none")))
         t1 = time.perf_counter()
         feats = backbone.head_activations([clip], exit_layer=clf.exit_layer)
         t2 = time.perf_counter()
@@ -324,6 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
         "clips' scores, or of leave-one-out scores of the support clips (one refit per clip); calmd decides with it",
     )  # fmt: skip
     fit.add_argument(
+        "--channel", choices=CHANNELS, default="none",
+        help="pass clips through a channel first: telephone = 8 kHz, 300-3400 Hz, G.711 mu-law, like call audio",
+    )  # fmt: skip
+    fit.add_argument(
         "--calibrate", default="eer", metavar="RULE",
         help="with --positive: the threshold's rule, eer (default) or far=X (flag at most a share X of the "
         "other class's held-out clips, e.g. far=0.01)",
@@ -341,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
         "default: the class the classifier was fitted to detect (calm fit --positive)",
     )  # fmt: skip
     ev.add_argument("--plot", type=Path, metavar="IMAGE", help="draw DET curves of the detection (.png, .svg, .pdf)")
+    ev.add_argument("--channel", choices=CHANNELS, help="channel applied to the clips (default: the classifier's own)")
     _model_args(ev, required=False)
     ev.set_defaults(func=cmd_eval)
 

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from .audio import load_audio
 from .backbones.base import Backbone
+from .channels import CHANNELS, apply_channel
 from .fingerprint import file_sha256
 
 
@@ -27,9 +28,12 @@ class FeatureStore:
     also serves later evaluations that exit early.
     """
 
-    def __init__(self, backbone: Backbone, cache_dir: Path | None = None, batch_size: int = 4):
+    def __init__(self, backbone: Backbone, cache_dir: Path | None = None, batch_size: int = 4, channel: str = "none"):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if channel not in CHANNELS:
+            raise ValueError(f"channel {channel!r} is not known; allowed: {', '.join(CHANNELS)}")
+        self.channel = channel
         self.backbone = backbone
         self.cache_dir = cache_dir
         self.batch_size = batch_size
@@ -39,7 +43,8 @@ class FeatureStore:
     def _entry(self, path: Path) -> Path | None:
         if self.cache_dir is None:
             return None
-        key = hashlib.sha256(f"{self.backbone.fingerprint.digest}:{file_sha256(path)}".encode()).hexdigest()
+        channel = "" if self.channel == "none" else f":{self.channel}"
+        key = hashlib.sha256(f"{self.backbone.fingerprint.digest}:{file_sha256(path)}{channel}".encode()).hexdigest()
         return self.cache_dir / key[:2] / f"{key}.safetensors"
 
     def _read(self, entry: Path | None, depth: int) -> torch.Tensor | None:
@@ -87,7 +92,7 @@ class FeatureStore:
             order = sorted(todo, key=lambda i: Path(paths[i]).stat().st_size)
             for start in range(0, len(order), self.batch_size):
                 batch = order[start : start + self.batch_size]
-                clips = [load_audio(paths[i]) for i in batch]
+                clips = [apply_channel(load_audio(paths[i]), self.channel) for i in batch]
                 feats = self.backbone.head_activations(clips, exit_layer=depth - 1)
                 for i, f in zip(batch, feats):
                     out[i] = f
