@@ -80,6 +80,23 @@ def feature_fingerprint(
     )
 
 
+def precision_kwargs(precision: str, device: torch.device, skip_modules: Sequence[str] = ()) -> dict[str, Any]:
+    """from_pretrained arguments for a precision: a dtype, or for nf4 a bitsandbytes 4-bit config
+    whose compute dtype is float16 on CUDA and float32 on CPU (where half matmuls are slow)."""
+    if precision != "nf4":
+        return {"dtype": TORCH_DTYPES[precision]}
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.float16 if device.type == "cuda" else torch.float32
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=compute,
+        llm_int8_skip_modules=list(skip_modules) or None,
+    )
+    return {"quantization_config": quantization, "dtype": compute}
+
+
 class StopForward(Exception):
     """Raised from a hook once the deepest needed head has been read: the early exit."""
 

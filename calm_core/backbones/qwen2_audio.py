@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ..errors import AudioError, ModelLoadError
 from ..fingerprint import Fingerprint
-from .base import TORCH_DTYPES, HeadLayout, LoadOptions, capture_heads, feature_fingerprint, resolve_exit_layer
+from .base import HeadLayout, LoadOptions, capture_heads, feature_fingerprint, precision_kwargs, resolve_exit_layer
 
 ADAPTER_VERSION = "qwen2_audio/1"
 AUDIO_PLACEHOLDER = "<|AUDIO|>"
@@ -98,7 +98,7 @@ class Qwen2AudioBackbone:
     name = "qwen2_audio"
 
     def __init__(self, model_dir: Path, options: LoadOptions = LoadOptions()):
-        from transformers import AutoConfig, AutoProcessor, BitsAndBytesConfig, Qwen2AudioModel
+        from transformers import AutoConfig, AutoProcessor, Qwen2AudioModel
 
         self.model_dir = Path(model_dir)
         self.device = torch.device(options.device)
@@ -116,19 +116,10 @@ class Qwen2AudioBackbone:
             if getattr(text, "layer_types", None):
                 text.layer_types = text.layer_types[: self.loaded_layers]
         kwargs: dict[str, Any] = {"config": config, "local_files_only": True, "device_map": {"": self.device}}
-        compute = torch.float16 if self.device.type == "cuda" else torch.float32
-        # Default: 4-bit NF4 on CUDA, where a 7B model must fit; fp32 on CPU.
+        # Default: 4-bit NF4 on CUDA, where a 7B model must fit; fp32 on CPU. NF4 quantises the
+        # language model only: the audio encoder and projector stay in the compute dtype.
         precision = options.dtype or ("nf4" if self.device.type == "cuda" else "fp32")
-        if precision == "nf4":
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type="nf4",
-                bnb_4bit_compute_dtype=compute,
-                llm_int8_skip_modules=["audio_tower", "multi_modal_projector"],
-            )
-            kwargs["dtype"] = compute
-        else:
-            kwargs["dtype"] = TORCH_DTYPES[precision]
+        kwargs.update(precision_kwargs(precision, self.device, ["audio_tower", "multi_modal_projector"]))
         try:
             with _quiet_transformers():
                 self.processor = AutoProcessor.from_pretrained(self.model_dir, local_files_only=True)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import AudioError, ModelLoadError
-from .base import TORCH_DTYPES, HeadLayout, LoadOptions, capture_heads, feature_fingerprint, resolve_exit_layer
+from .base import HeadLayout, LoadOptions, capture_heads, feature_fingerprint, precision_kwargs, resolve_exit_layer
 from .qwen2_audio import _quiet_transformers, mel_valid_frames
 
 ADAPTER_VERSION = "whisper/1"
@@ -31,8 +31,6 @@ class WhisperBackbone:
         self.model_dir = Path(model_dir)
         self.device = torch.device(options.device)
         precision = options.dtype or ("fp16" if self.device.type == "cuda" else "fp32")
-        if precision == "nf4":
-            raise ModelLoadError("nf4 is not offered for Whisper backbones (they are small); use fp32, fp16 or bf16")
         config = AutoConfig.from_pretrained(self.model_dir, local_files_only=True)
         self.n_enc, self.n_dec = config.encoder_layers, config.decoder_layers
         if config.encoder_attention_heads != config.decoder_attention_heads:
@@ -51,10 +49,15 @@ class WhisperBackbone:
             with _quiet_transformers():
                 self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
                 self.feature_extractor = WhisperFeatureExtractor.from_pretrained(self.model_dir, local_files_only=True)
-                model = WhisperModel.from_pretrained(
-                    self.model_dir, config=config, dtype=TORCH_DTYPES[precision], local_files_only=True
-                )
-                self.model = model.to(self.device).eval()  # type: ignore[arg-type]
+                # NF4 quantises every linear layer; convolutions, embeddings and norms stay in the
+                # compute dtype. device_map places the weights once (a 4-bit model cannot be moved).
+                self.model = WhisperModel.from_pretrained(
+                    self.model_dir,
+                    config=config,
+                    local_files_only=True,
+                    device_map={"": self.device},
+                    **precision_kwargs(precision, self.device),
+                ).eval()
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"{self.model_dir}: could not load Whisper ({e})") from e
         english_only = config.vocab_size == 51864
