@@ -157,7 +157,7 @@ def test_sigterm_in_a_long_forward_past_the_drain_bound_exits_0_and_reports_what
     # Batches big enough for a forward of ~1.5 s here and now (a busy machine is slower, an idle one
     # faster, but never by the 10x or more that would bring it near the drain bound). The queue holds two
     # batches and the file source keeps it full, so the worker runs forward after forward; SIGTERM goes
-    # right after a fresh label, when the next forward has just begun, and the drain bound passes in it.
+    # in the pause between two bursts of labels, while a forward runs, and the drain bound passes in it.
     probe = forward_seconds(backbone, exit_layer, 16)
     batch = max(16, min(256, round(16 * 1.5 / probe)))
     forward_s = probe * batch / 16
@@ -179,6 +179,15 @@ def test_sigterm_in_a_long_forward_past_the_drain_bound_exits_0_and_reports_what
             before.append(event)
         before.append(next_matching(sub, is_label, 60 + 20 * forward_s))
         assert before[-1] is not None, daemon.stop()[1]
+        # A batch's labels arrive in a burst, then none while the next batch is in the model. SIGTERM goes
+        # once no label has come for a quarter of a forward: in mid-forward, not in the publishing loop.
+        quiet_s, last, deadline = max(0.2, forward_s / 4), time.monotonic(), time.monotonic() + 60 + 20 * forward_s
+        while time.monotonic() - last < quiet_s and time.monotonic() < deadline:
+            event = sub.receive(timeout_s=0.02)
+            if isinstance(event, LabelEvent):
+                last = time.monotonic()
+            if event is not None:
+                before.append(event)
         daemon.proc.send_signal(signal.SIGTERM)
         code, log, after = until_exit(sub, daemon, drain_s + grace_s + 60)
     assert code == 0, f"exit status {code}\n{log[-3000:]}"
