@@ -1,0 +1,87 @@
+"""The bounded queue between the segmenters and the model worker, and each stream's counters."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from .segmenter import Segment
+from .sinks import StreamInfo
+
+
+@dataclass
+class Queued:
+    segment: Segment
+    end_wall: float  # wall clock when the segment's last sample arrived
+
+
+@dataclass
+class StreamStats:
+    state: str = "connecting"
+    segments: int = 0
+    dropped: int = 0
+    failed: int = 0
+    unclassified: int = 0  # cut but never classified because calmd stopped (see Service.stop)
+    audio_s: float = 0.0
+    model_s: float = 0.0
+    last_error: str | None = None
+    t0_wall: float | None = None  # wall clock of the stream's first sample
+    seq: int = 0
+    event_seq: int = 0
+    active_label: str | None = None
+    last_seen_s: float = 0.0
+    info: StreamInfo | None = None  # set for streams a listener opened (one per call leg); None: configured
+
+    @property
+    def accounted(self) -> int:
+        """Segments whose fate is known: labelled, dropped, failed or unclassified."""
+        return self.seq + self.dropped + self.failed + self.unclassified
+
+
+class SegmentQueue:
+    """Bounded FIFO. Live sources never wait: when full, the oldest segment is dropped and counted.
+    Sources that can wait (a file replayed as fast as possible) block instead, so nothing is lost."""
+
+    def __init__(self, size: int, on_drop: Any):
+        self.items: deque[Queued] = deque()
+        self.size = size
+        self.cond = threading.Condition()
+        self.on_drop = on_drop
+        self.closed = False
+
+    def put(self, item: Queued, *, wait: threading.Event | None = None) -> bool:
+        """With wait, block while full until there is room or the event is set. False when the item was
+        not queued: the queue is closed, or the event was set while it was still full."""
+        with self.cond:
+            while wait is not None and len(self.items) >= self.size and not wait.is_set() and not self.closed:
+                self.cond.wait(0.1)
+            if self.closed or (wait is not None and len(self.items) >= self.size):
+                return False
+            if len(self.items) >= self.size:
+                self.on_drop(self.items.popleft())
+            self.items.append(item)
+            self.cond.notify_all()
+            return True
+
+    def get_batch(self, n: int, timeout: float) -> list[Queued]:
+        with self.cond:
+            if not self.items and not self.closed:
+                self.cond.wait(timeout)
+            batch = [self.items.popleft() for _ in range(min(n, len(self.items)))]
+            if batch:
+                self.cond.notify_all()
+            return batch
+
+    def close(self) -> list[Queued]:
+        """Refuse every further item and hand back those still waiting (shutdown)."""
+        with self.cond:
+            self.closed = True
+            left = list(self.items)
+            self.items.clear()
+            self.cond.notify_all()
+            return left
+
+    def __len__(self) -> int:
+        return len(self.items)
