@@ -231,11 +231,15 @@ def head_accuracy(posteriors: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return (hard_votes(posteriors) == labels[:, None]).to(posteriors.dtype).mean(0)
 
 
-def sav_select(posteriors: torch.Tensor, labels: torch.Tensor, n_heads: int = 20) -> torch.Tensor:
-    """SAV baseline: indices of the n_heads heads with the best nearest-prototype accuracy."""
+def sav_select(
+    posteriors: torch.Tensor, labels: torch.Tensor, n_heads: int = 20, allowed: torch.Tensor | None = None
+) -> torch.Tensor:
+    """SAV baseline: indices of the n_heads allowed heads with the best nearest-prototype accuracy."""
     acc = head_accuracy(posteriors, labels)
+    if allowed is not None:
+        acc = acc.masked_fill(~allowed, -1.0)
     order = torch.sort(acc, descending=True, stable=True).indices
-    return order[: min(n_heads, acc.numel())]
+    return order[: min(n_heads, acc.numel() if allowed is None else int(allowed.sum()))]
 
 
 def sav_scores(posteriors: torch.Tensor) -> torch.Tensor:

@@ -88,7 +88,7 @@ class CalmConfig:
 
 
 PRESETS: dict[str, CalmConfig] = {
-    # calm's default: separation prior blended with vote F1, heads per class chosen by leave-one-out.
+    # calm's default: separation prior blended with vote F1, pulled towards SAV's vote by shot count.
     "calm": CalmConfig(),
     # The paper's recipe as its reference scripts ran it (the support file passed as the
     # validation file, so reliability is in-sample), with its ESC-50 settings.

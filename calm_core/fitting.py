@@ -31,54 +31,67 @@ class Reliability:
     source: str  # where it came from, for the classifier file's info
 
 
-def head_reliability(
+@dataclass(frozen=True)
+class HeldOut:
+    """Head posteriors of labelled clips scored against prototypes they are not part of: validation clips,
+    else the support clips by leave-one-out, else (a class with 1 clip) the support clips in-sample."""
+
+    posteriors: torch.Tensor  # (M, K, C)
+    labels: torch.Tensor  # (M,)
+    kind: str  # "validation", "leave-one-out" or "in-sample"
+
+
+def held_out_posteriors(
     config: CalmConfig,
     flat: torch.Tensor,
     labels: torch.Tensor,
     prototypes: torch.Tensor,
     val_flat: torch.Tensor | None = None,
     val_labels: torch.Tensor | None = None,
-) -> Reliability:
-    """Per-head, per-class reliability from support features (N, K, D) and optional validation clips."""
+) -> HeldOut:
     n_classes = prototypes.shape[0]
-    counts = torch.bincount(labels, minlength=n_classes)
+    if val_flat is not None and val_labels is not None:
+        return HeldOut(calm.head_posteriors(val_flat, prototypes, config.tau), val_labels, "validation")
+    if bool((torch.bincount(labels, minlength=n_classes) >= 2).all()):
+        return HeldOut(calm.loo_posteriors(flat, labels, n_classes, config.tau), labels, "leave-one-out")
+    return HeldOut(calm.head_posteriors(flat, prototypes, config.tau), labels, "in-sample")
+
+
+def head_reliability(
+    config: CalmConfig, flat: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor, held: HeldOut
+) -> Reliability:
+    """Per-head, per-class reliability from support features (N, K, D) and their held-out posteriors."""
+    n_classes = prototypes.shape[0]
     in_sample = calm.head_posteriors(flat, prototypes, config.tau)  # (N, K, C)
-    has_val = val_flat is not None and val_labels is not None
     if config.scheme == "separation_f1":
         separation = calm.reliability(in_sample, labels, n_classes, "margin_clamped")
-        if has_val:
-            assert val_flat is not None and val_labels is not None
-            post = calm.head_posteriors(val_flat, prototypes, config.tau)
-            f1 = calm.vote_f1(calm.hard_votes(post), val_labels, n_classes)
-            n_held_out = torch.bincount(val_labels, minlength=n_classes)
+        if held.kind == "validation":
+            f1 = calm.vote_f1(calm.hard_votes(held.posteriors), held.labels, n_classes)
+            n_held_out = torch.bincount(held.labels, minlength=n_classes)
             return Reliability(
                 calm.separation_f1_reliability(separation, f1, n_held_out, config.prior_strength),
-                post, val_labels, "support separation + validation F1",
+                held.posteriors, held.labels, "support separation + validation F1",
             )  # fmt: skip
-        if bool((counts >= 2).all()):
-            loo = calm.loo_posteriors(flat, labels, n_classes, config.tau)
+        if held.kind == "leave-one-out":
             # In-sample votes flatter a head (the clip is in its own prototype), leave-one-out
             # votes judge it on a prototype one clip poorer than the real one: take the middle.
             f1 = 0.5 * (
                 calm.vote_f1(calm.hard_votes(in_sample), labels, n_classes)
-                + calm.vote_f1(calm.hard_votes(loo), labels, n_classes)
+                + calm.vote_f1(calm.hard_votes(held.posteriors), labels, n_classes)
             )
+            counts = torch.bincount(labels, minlength=n_classes)
             r = calm.separation_f1_reliability(separation, f1, counts - 1, config.prior_strength)
-            return Reliability(r, loo, labels, "support separation + leave-one-out F1")
+            return Reliability(r, held.posteriors, labels, "support separation + leave-one-out F1")
         return Reliability(separation, in_sample, labels, "support separation (a class has 1 clip)")
-    if has_val:
-        assert val_flat is not None and val_labels is not None
-        post = calm.head_posteriors(val_flat, prototypes, config.tau)
-        return Reliability(
-            calm.reliability(post, val_labels, n_classes, config.scheme, config.alpha), post, val_labels, "validation"
-        )
+    if held.kind == "validation":
+        r = calm.reliability(held.posteriors, held.labels, n_classes, config.scheme, config.alpha)
+        return Reliability(r, held.posteriors, held.labels, "validation")
     if config.reliability_from == "support":
         r = calm.reliability(in_sample, labels, n_classes, config.scheme, config.alpha)
         return Reliability(r, in_sample, labels, "support (in-sample)")
-    if bool((counts >= 2).all()):
-        loo = calm.loo_posteriors(flat, labels, n_classes, config.tau)
-        r = calm.reliability(loo, labels, n_classes, config.scheme, config.alpha)
-        return Reliability(r, loo, labels, "leave-one-out")
+    if held.kind == "leave-one-out":
+        r = calm.reliability(held.posteriors, labels, n_classes, config.scheme, config.alpha)
+        return Reliability(r, held.posteriors, labels, "leave-one-out")
     return Reliability(
         torch.zeros(flat.shape[1], n_classes), in_sample, labels, "none (a class has 1 clip): uniform weights"
     )
@@ -94,6 +107,25 @@ class FittedWeights:
     top_k_correct: dict[int, int]  # leave-one-out correct clips per candidate, when top_k was "auto"
 
 
+def _reliability_and_sav(
+    config: CalmConfig,
+    flat: torch.Tensor,
+    labels: torch.Tensor,
+    n_classes: int,
+    allowed: torch.Tensor,
+    val_flat: torch.Tensor | None = None,
+    val_labels: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, Reliability, torch.Tensor]:
+    """Prototypes (C, K, D), reliability and SAV's heads: everything a fit needs before the weights."""
+    prototypes = calm.class_prototypes(flat, labels, n_classes)  # (C, K, D)
+    held = held_out_posteriors(config, flat, labels, prototypes, val_flat, val_labels)
+    rel = head_reliability(config, flat, labels, prototypes, held)
+    # SAV picks its heads from the held-out posteriors whatever CALM's settings, so every CALM
+    # preset is compared with the same baseline.
+    sav_heads = calm.sav_select(held.posteriors, held.labels, config.sav_heads, allowed)
+    return prototypes, rel, sav_heads
+
+
 def fit_weights(
     config: CalmConfig,
     flat: torch.Tensor,
@@ -104,24 +136,13 @@ def fit_weights(
     val_labels: torch.Tensor | None = None,
 ) -> FittedWeights:
     """Prototypes, reliability, SAV heads and class-specific head weights from labelled features (N, K, D)."""
-    prototypes = calm.class_prototypes(flat, labels, n_classes)  # (C, K, D)
-    counts = torch.bincount(labels, minlength=n_classes)
-    rel = head_reliability(config, flat, labels, prototypes, val_flat, val_labels)
-    # SAV picks its heads the same way whatever CALM's settings: validation clips when
-    # given, else leave-one-out, so every CALM preset is compared with the same baseline.
-    if val_flat is not None and val_labels is not None:
-        sav_post, sav_labels = calm.head_posteriors(val_flat, prototypes, config.tau), val_labels
-    elif bool((counts >= 2).all()):
-        sav_post, sav_labels = calm.loo_posteriors(flat, labels, n_classes, config.tau), labels
-    else:
-        sav_post, sav_labels = calm.head_posteriors(flat, prototypes, config.tau), labels
-    acc = calm.head_accuracy(sav_post, sav_labels).masked_fill(~allowed, -1.0)
-    sav_heads = torch.sort(acc, descending=True, stable=True).indices[: min(config.sav_heads, int(allowed.sum()))]
+    prototypes, rel, sav_heads = _reliability_and_sav(config, flat, labels, n_classes, allowed, val_flat, val_labels)
     top_k: int | None
     if config.top_k == "auto":
         top_k, tried = select_top_k(config, flat, labels, n_classes, allowed)
     else:
         top_k, tried = config.top_k, {}
+    counts = torch.bincount(labels, minlength=n_classes)
     w = _weights(config, rel.r, top_k, allowed, sav_heads, counts)
     return FittedWeights(prototypes, rel, w, sav_heads, top_k, tried)
 
@@ -147,8 +168,6 @@ def select_top_k(
     Needs 2 clips in every class (one held out, one left); with fewer it returns the default.
     Ties go to the candidate nearest the default on a log scale.
     """
-    from dataclasses import replace
-
     n_allowed = int(allowed.sum())
     candidates = sorted({min(k, n_allowed) for k in TOP_K_CANDIDATES})
     counts = torch.bincount(labels, minlength=n_classes)
@@ -158,11 +177,11 @@ def select_top_k(
     for i in range(flat.shape[0]):
         rest = torch.arange(flat.shape[0]) != i
         # Reliability and SAV's heads do not depend on k: fit them once per held-out clip.
-        fitted = fit_weights(replace(config, top_k=DEFAULT_TOP_K), flat[rest], labels[rest], n_classes, allowed)
+        prototypes, rel, sav_heads = _reliability_and_sav(config, flat[rest], labels[rest], n_classes, allowed)
         rest_counts = torch.bincount(labels[rest], minlength=n_classes)
-        post = calm.head_posteriors(flat[i : i + 1], fitted.prototypes, config.tau)  # (1, K, C)
+        post = calm.head_posteriors(flat[i : i + 1], prototypes, config.tau)  # (1, K, C)
         for k in candidates:
-            w = _weights(config, fitted.reliability.r, k, allowed, fitted.sav_heads, rest_counts)
+            w = _weights(config, rel.r, k, allowed, sav_heads, rest_counts)
             correct[k] += int(calm.calm_scores(post, w).argmax(1).item() == labels[i].item())
     best = max(correct.values())
     tied = [k for k, c in correct.items() if c == best]
