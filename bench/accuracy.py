@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import class_pools, fit_probe, head_matrix, mean_sd, support_draws
 
 from calm_core import calm
 from calm_core.backbones import LoadOptions, load_backbone
@@ -52,22 +53,7 @@ def ncm_predict(support: torch.Tensor, labels: torch.Tensor, test: torch.Tensor,
 
 
 def probe_predict(support: torch.Tensor, labels: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
-    from sklearn.linear_model import LogisticRegression
-
-    x = calm.l2_normalize(support.flatten(1, 2)).flatten(1).numpy()
-    model = LogisticRegression(C=1.0, max_iter=1000).fit(x, labels.numpy())
-    return torch.from_numpy(model.predict(calm.l2_normalize(test.flatten(1, 2)).flatten(1).numpy()))
-
-
-def draws(labels: torch.Tensor, n_classes: int, shots: int, n: int, seed: int):
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(n):
-        yield torch.cat(
-            [
-                torch.nonzero(labels == c).flatten()[torch.randperm(int((labels == c).sum()), generator=gen)[:shots]]
-                for c in range(n_classes)
-            ]
-        )
+    return torch.from_numpy(fit_probe(support, labels).predict(head_matrix(test)))
 
 
 def evaluate(feats, y, test, ty, names, layout, fingerprint, shots: int, n_draws: int, seed: int) -> dict:
@@ -75,7 +61,7 @@ def evaluate(feats, y, test, ty, names, layout, fingerprint, shots: int, n_draws
     rows: dict[str, dict[str, list[float]]] = {m: {"acc": [], "f1": []} for m in METHODS}
     exits: dict[str, list[int]] = {"calm": [], "paper": [], "calm-0.1": [], "sav": []}
     fit_s: list[float] = []
-    for idx in draws(y, n_classes, shots, n_draws, seed):
+    for idx in support_draws(class_pools(y, n_classes), shots, n_draws, seed):
         preds = {}
         for preset in ("calm", "paper", "calm-0.1"):
             t = time.perf_counter()
@@ -92,10 +78,6 @@ def evaluate(feats, y, test, ty, names, layout, fingerprint, shots: int, n_draws
             rows[m]["acc"].append(float((p == ty).float().mean()))
             rows[m]["f1"].append(macro_f1(p, ty, n_classes))
     return {"methods": rows, "exit_layers": exits, "fit_seconds": fit_s}
-
-
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def fmt(values: list[float]) -> str:

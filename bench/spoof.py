@@ -23,7 +23,6 @@ import argparse
 import json
 import logging
 import math
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -31,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import fit_probe, head_matrix, mean_sd, support_draws
 
-from calm_core import calm
 from calm_core.backbones import LoadOptions, load_backbone
 from calm_core.calibration import loo_log_odds
 from calm_core.classifier import CalmClassifier, CalmConfig
@@ -112,20 +111,8 @@ def pseudo_calls(clips: Clips, test: np.ndarray, size: int, seed: int) -> list[s
     return calls
 
 
-def draws(pools: list[torch.Tensor], shots: int, n: int, seed: int):
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(n):
-        yield torch.cat([p[torch.randperm(len(p), generator=gen)[:shots]] for p in pools])
-
-
 def probe_scores(support: torch.Tensor, labels: torch.Tensor, test: torch.Tensor) -> np.ndarray:
-    from sklearn.linear_model import LogisticRegression
-
-    def flat(x: torch.Tensor) -> np.ndarray:
-        return calm.l2_normalize(x.flatten(1, 2)).flatten(1).numpy()
-
-    model = LogisticRegression(C=1.0, max_iter=1000).fit(flat(support), labels.numpy())
-    return model.decision_function(flat(test))  # log-odds of spoof under the probe
+    return fit_probe(support, labels).decision_function(head_matrix(test))  # log-odds of spoof under the probe
 
 
 def method_scores(clips: Clips, idx: torch.Tensor, test: np.ndarray, backbone) -> tuple[dict[str, np.ndarray], float]:
@@ -159,7 +146,7 @@ def run_condition(clips: Clips, cond: Condition, backbone, shots: int, args: arg
         "pooled": {m: [] for m in METHODS},
     }
     test_engine = clips.engine[test]
-    for idx in draws(cond.support_pool(clips), shots, args.draws, seed):
+    for idx in support_draws(cond.support_pool(clips), shots, args.draws, seed):
         scores, threshold = method_scores(clips, idx, test, backbone)
         for m, s in scores.items():
             out["pooled"][m].append(s.tolist())
@@ -184,10 +171,6 @@ def run_condition(clips: Clips, cond: Condition, backbone, shots: int, args: arg
 
 
 # ---- report -----------------------------------------------------------------------------------------
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def pct(values: list[float]) -> str:
     m, s = mean_sd(values)
     return f"{100 * m:.1f} ± {100 * s:.1f}"
