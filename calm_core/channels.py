@@ -16,7 +16,7 @@ def apply_channel(audio: np.ndarray, channel: str) -> np.ndarray:
     if channel == "none":
         return audio
     if channel == "telephone":
-        from .devsets.telephone import telephone_channel
+        from .telephone import telephone_channel
 
         line = telephone_channel(audio, SAMPLE_RATE, np.random.default_rng(0))
         # Resampling there and back can move the length by a sample: keep the clip's own.

@@ -26,8 +26,8 @@ import soundfile as sf
 
 from ..audio import load_audio
 from ..errors import DatasetError
+from ..telephone import telephone_channel
 from .common import MAX_SECONDS, SAMPLE_RATE, Build, Clip, DevSet, Requirement, Source, trim_silence
-from .telephone import telephone_channel
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
 LANGUAGES = {  # tuxpaint's language code -> espeak-ng voices for it

@@ -18,6 +18,8 @@ from typing import Any, Protocol
 import numpy as np
 import soxr
 
+from calm_core.telephone import mulaw_decode
+
 from ..sinks import StreamInfo
 from .config import ListenerSection
 
@@ -60,20 +62,9 @@ def safe_id(raw: str, limit: int = 48) -> str:
     return cleaned or "call"
 
 
-MULAW_TABLE = None
-
-
 def mulaw_to_float(data: bytes) -> np.ndarray:
-    """G.711 mu-law bytes -> float32 in [-1, 1] (ITU-T G.711: complemented bits, 8 segments, bias 0x84)."""
-    global MULAW_TABLE
-    if MULAW_TABLE is None:
-        u = ~np.arange(256, dtype=np.int32) & 0xFF
-        sign = u & 0x80
-        exponent = (u >> 4) & 0x07
-        mantissa = u & 0x0F
-        magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84
-        MULAW_TABLE = (np.where(sign != 0, -magnitude, magnitude) / 32768.0).astype(np.float32)
-    return MULAW_TABLE[np.frombuffer(data, dtype=np.uint8)]
+    """G.711 mu-law bytes -> float32 in [-1, 1)."""
+    return mulaw_decode(np.frombuffer(data, dtype=np.uint8)).astype(np.float32) / 32768.0
 
 
 def s16le_to_float(data: bytes, channels: int = 1) -> np.ndarray:
