@@ -19,7 +19,7 @@ from calm_core.errors import CalmError
 
 from .calls import CallAggregator, Policy, decision_policy
 from .config import DaemonConfig
-from .events import EdgeEvent, LabelEvent, Scored, StatusEvent, StreamStatus, utc_iso
+from .events import EdgeEvent, Event, LabelEvent, Scored, StatusEvent, StreamStatus, utc_iso
 from .metrics import Metrics
 from .publisher import Publisher
 from .segment_queue import Queued, SegmentQueue, StreamStats
@@ -126,7 +126,7 @@ class Service:
         if self.cfg.listeners.any():
             from .telephony import make_listeners
 
-            self.sinks.append(CallAggregator(self.publisher.publish, self.call_policy, self.metrics))
+            self.sinks.append(CallAggregator(self.emit, self.call_policy, self.metrics))
             self.listeners = make_listeners(self.cfg.listeners, self, self.metrics)
             for n, listener in enumerate(self.listeners):
                 try:
@@ -155,6 +155,8 @@ class Service:
                 # Sources deliver a chunk when its last sample arrives: sample 0 was captured earlier.
                 stats.t0_wall = now - chunk.size / 16_000
             stats.audio_s += chunk.size / 16_000
+            for consumer in self.sinks:
+                consumer.audio(stream, chunk, stats.audio_s)
             t = time.perf_counter()
             segments = list(segmenter.feed(chunk))
             self.metrics.vad_seconds.observe(time.perf_counter() - t)
@@ -337,7 +339,7 @@ class Service:
             exit_layer=model.classifier.exit_layer,
             latency_ms=max(0.0, (now - q.end_wall) * 1e3),
         )
-        self.publisher.publish(event)
+        self.emit(event)
         for sink in self.sinks:
             sink.label(event, stats.info)
         self.metrics.labels.labels(self._metric_stream(seg.stream), pred.label).inc()
@@ -349,7 +351,7 @@ class Service:
     def _emit_edge(self, stream: str, kind: str, label: str, at_s: float) -> None:
         stats = self.stats[stream]
         t0 = stats.t0_wall or time.time()
-        self.publisher.publish(EdgeEvent(stream, stats.event_seq, kind, label, round(at_s, 3), utc_iso(t0 + at_s)))
+        self.emit(EdgeEvent(stream, stats.event_seq, kind, label, round(at_s, 3), utc_iso(t0 + at_s)))
         stats.event_seq += 1
 
     def _edges(self, stats: StreamStats, seg: Segment, label: str) -> None:
@@ -414,7 +416,13 @@ class Service:
         )
 
     def publish_status(self) -> None:
-        self.publisher.publish(self.status())
+        self.emit(self.status())
+
+    def emit(self, event: Event) -> None:
+        """Publish one message on ZeroMQ, then hand it to every sink (from the caller's thread)."""
+        self.publisher.publish(event)
+        for sink in self.sinks:
+            sink.event(event)
 
     def _beat(self) -> None:
         while not self.stopping.wait(self.cfg.publish.heartbeat_s):

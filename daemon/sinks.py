@@ -1,14 +1,18 @@
-"""Consumers of what the pipeline produces, beside the ZeroMQ publisher: they hear labels and stream lifecycles.
+"""Consumers of what the pipeline produces, beside the ZeroMQ publisher: they hear every published
+message, the audio as it arrives, labels with their stream's call info, and stream lifecycles.
 
-The pipeline calls every sink from the model worker's thread (labels, ended streams) or a listener's thread
-(opened streams); a sink guards its own state.
+The pipeline calls every sink from the thread that produced the thing: the model worker (labels, edges,
+ended streams), the heartbeat (status), a source or listener thread (audio, opened streams). A sink guards
+its own state and returns quickly: it runs inside the pipeline.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .events import LabelEvent
+import numpy as np
+
+from .events import Event, LabelEvent
 
 
 @dataclass(frozen=True)
@@ -34,3 +38,9 @@ class Sink:
 
     def stream_ended(self, info: StreamInfo, audio_s: float, error: str | None) -> None:
         """A listener stream ended and every one of its segments has been labelled or counted as lost."""
+
+    def event(self, event: Event) -> None:
+        """A message calmd has just published on ZeroMQ (label, edge, status or call verdict)."""
+
+    def audio(self, stream: str, chunk: np.ndarray, end_s: float) -> None:
+        """16 kHz mono float32 audio as a stream delivers it; end_s: its end in stream time (seconds)."""
