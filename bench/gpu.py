@@ -51,7 +51,7 @@ def run_gpu(args: argparse.Namespace) -> int:
                 torch.cuda.synchronize()
                 times.append(time.perf_counter() - t)
             t = sorted(times)[2]
-            tokens = len(bb._prefix_ids) + len(bb._suffix_ids) + bb.audio_tokens(clip).shape[0]
+            tokens = len(bb.decoder.prefix_ids) + len(bb.decoder.suffix_ids) + bb.audio_tokens(clip).shape[0]
             cfg = bb.model.config.text_config
             per_layer = 4 * cfg.hidden_size**2 + 3 * cfg.hidden_size * cfg.intermediate_size
             flops = 2 * per_layer * tokens * n

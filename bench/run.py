@@ -74,10 +74,10 @@ def bench_early_exit(name: str, device: str = "cpu", dtype: str = "fp32") -> dic
 
     rows = []
     exits = sorted({0, n // 4 - 1, n // 2 - 1, 3 * n // 4 - 1, n - 1} - {-1})
-    if hasattr(bb, "language_heads"):
+    if hasattr(bb, "decoder"):
         # Qwen2-Audio: the same embeddings through the language model; the full forward also
         # applies the vocabulary projection to every position, as the stock model does.
-        embeds, mask, last = bb._batch_embeddings(clips)
+        embeds, mask, last = bb.decoder.embeddings([bb.audio_tokens(c) for c in clips])
         hidden = bb.model.config.text_config.hidden_size
         vocab = bb.model.config.text_config.vocab_size
         lm_head = torch.nn.Linear(hidden, vocab, bias=False, device=bb.device, dtype=embeds.dtype)
@@ -93,7 +93,7 @@ def bench_early_exit(name: str, device: str = "cpu", dtype: str = "fp32") -> dic
             t_head = timed(lambda: lm_head(torch.zeros(embeds.shape[1], hidden, device=bb.device, dtype=embeds.dtype)))
         for e in exits:
             with torch.inference_mode():
-                t = timed(lambda e=e: bb.language_heads(embeds, mask, last, e))
+                t = timed(lambda e=e: bb.decoder.language_heads(embeds, mask, last, e))
             rows.append(
                 {"exit_layer": e, "seconds": t, "ratio": t / t_full, "ratio_lm": t / t_lm, "ideal": (e + 1) / n}
             )

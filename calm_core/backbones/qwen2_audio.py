@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from ..errors import AudioError, ModelLoadError
 from ..fingerprint import Fingerprint
-from .base import HeadLayout, LoadOptions, capture_heads, feature_fingerprint, precision_kwargs, resolve_exit_layer
+from .base import HeadLayout, LoadOptions, feature_fingerprint, precision_kwargs, resolve_exit_layer
+from .decoder import PromptDecoder, split_prompt
 
 ADAPTER_VERSION = "qwen2_audio/1"
 AUDIO_PLACEHOLDER = "<|AUDIO|>"
@@ -131,18 +132,12 @@ class Qwen2AudioBackbone:
         self.feature_extractor = self.processor.feature_extractor
         self.audio_token_id = int(config.audio_token_id)
         self.prompt = options.prompt or DEFAULT_PROMPT
-        self._prefix_ids, self._suffix_ids = self._split_prompt(self.prompt)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.fingerprint = self._fingerprint(config, precision)
-
-    def _split_prompt(self, prompt: str) -> tuple[list[int], list[int]]:
-        if prompt.count(AUDIO_PLACEHOLDER) != 1:
-            raise ValueError(f"prompt must contain {AUDIO_PLACEHOLDER} exactly once, got: {prompt!r}")
-        head, tail = prompt.split(AUDIO_PLACEHOLDER)
-        return (
-            self.tokenizer(head, add_special_tokens=False)["input_ids"],
-            self.tokenizer(tail, add_special_tokens=False)["input_ids"],
+        prefix, suffix = split_prompt(self.tokenizer, self.prompt, AUDIO_PLACEHOLDER)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.decoder = PromptDecoder(
+            self.model.language_model, prefix, suffix, self.audio_token_id, pad_id, self.device
         )
+        self.fingerprint = self._fingerprint(config, precision)
 
     def _fingerprint(self, config: Any, precision: str) -> Fingerprint:
         full = config.to_dict()
@@ -163,41 +158,10 @@ class Qwen2AudioBackbone:
             raise AudioError(f"clip of {clip.size} samples is too short for the audio encoder")
         return encode_valid_frames(self.model.audio_tower, self.model.multi_modal_projector, mel, n_valid)
 
-    def _batch_embeddings(self, clips: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Right-padded prompt embeddings with audio spliced in, attention mask and last-token index."""
-        embed = self.model.get_input_embeddings()
-        rows = []
-        for clip in clips:
-            audio = self.audio_tokens(clip)
-            ids = torch.tensor(self._prefix_ids + [self.audio_token_id] * audio.shape[0] + self._suffix_ids)
-            e = embed(ids.to(self.device))
-            start = len(self._prefix_ids)
-            e = torch.cat([e[:start], audio.to(e.dtype), e[start + audio.shape[0] :]])
-            rows.append(e)
-        lengths = torch.tensor([r.shape[0] for r in rows])
-        width = int(lengths.max())
-        pad = embed(torch.tensor([self.pad_id], device=self.device))[0]
-        batch = torch.stack([torch.cat([r, pad.expand(width - r.shape[0], -1)]) for r in rows])
-        mask = (torch.arange(width)[None] < lengths[:, None]).long().to(self.device)
-        # Right padding keeps every clip's positions 0..n-1, as if it ran alone.
-        return batch, mask, lengths - 1
-
     @torch.inference_mode()
     def head_activations(self, clips: Sequence[np.ndarray], exit_layer: int | None = None) -> torch.Tensor:
         exit_layer = resolve_exit_layer(exit_layer, self.loaded_layers)
         if not clips:
             return torch.empty(0, exit_layer + 1, self.layout.n_heads, self.layout.head_dim)
-        embeds, mask, last = self._batch_embeddings(clips)
-        out = torch.stack(self.language_heads(embeds, mask, last, exit_layer), dim=1)  # (B, L, H * D)
+        out = self.decoder.heads([self.audio_tokens(clip) for clip in clips], exit_layer)  # (B, L, H * D)
         return out.view(len(clips), exit_layer + 1, self.layout.n_heads, self.layout.head_dim)
-
-    def language_heads(
-        self, embeds: torch.Tensor, mask: torch.Tensor, last: torch.Tensor, exit_layer: int
-    ) -> list[torch.Tensor]:
-        """Per layer 0..exit_layer, every head's output at each row's last token: [(B, H * D)]."""
-        rows = torch.arange(embeds.shape[0])
-        return capture_heads(
-            lambda: self.model.language_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False),
-            [self.text_layers[i].self_attn.o_proj for i in range(exit_layer + 1)],
-            lambda x: x[rows, last.to(x.device)],  # o_proj's input: (B, T, H * D)
-        )

@@ -48,7 +48,7 @@ def test_prompt_ids_match_the_stock_processor(backbone) -> None:
     clip = tone(440.0, 1.3)
     enc = backbone.processor(text=[backbone.prompt], audio=[clip], sampling_rate=16000, return_tensors="pt")
     n_audio = backbone.audio_tokens(clip).shape[0]
-    ours = backbone._prefix_ids + [backbone.audio_token_id] * n_audio + backbone._suffix_ids
+    ours = backbone.decoder.prefix_ids + [backbone.audio_token_id] * n_audio + backbone.decoder.suffix_ids
     assert enc["input_ids"][0].tolist() == ours
 
 
