@@ -27,9 +27,10 @@ def split_prompt(tokenizer: Any, prompt: str, placeholder: str) -> tuple[list[in
     )
 
 
-def o_proj(layer: torch.nn.Module) -> torch.nn.Module:
+def o_proj(layer: Any) -> torch.nn.Module:
     """The attention output projection of a Llama-style decoder layer: its input is every head's output."""
-    return layer.self_attn.o_proj  # type: ignore[no-any-return]
+    projection: torch.nn.Module = layer.self_attn.o_proj
+    return projection
 
 
 @dataclass
@@ -42,7 +43,7 @@ class PromptDecoder:
     audio_token_id: int  # the placeholder id repeated once per audio token (embedded, then overwritten)
     pad_id: int
     device: torch.device
-    projection: Callable[[torch.nn.Module], torch.nn.Module] = o_proj
+    projection: Callable[[Any], torch.nn.Module] = o_proj
 
     @property
     def layers(self) -> Any:
