@@ -108,9 +108,50 @@ class VadSection(_Section):
         return self
 
 
+UNKNOWN = "unknown"  # the label of an abstaining classifier (calm_core.classifier.UNKNOWN, without torch)
+
+
+class LabelRule(_Section):
+    """[events.labels."<label>"]: overrides of the [events] defaults for one label; unset keys inherit them."""
+
+    min_score: Annotated[float, Field(ge=0, le=1)] | None = None
+    confirm_hits: Annotated[int, Field(ge=1, le=100)] | None = None
+    confirm_window_s: Annotated[float, Field(gt=0, le=3600)] | None = None
+
+
 class EventsSection(_Section):
     enabled: bool = False  # also publish label start/end events on calm.event.<stream>
     end_after_s: Annotated[float, Field(gt=0)] = 3.0
+    # A label counts as heard only with a score of at least min_score; an event starts once a label has been
+    # heard confirm_hits times within confirm_window_s of stream time (see daemon/detections.py).
+    min_score: Annotated[float, Field(ge=0, le=1)] = 0.0
+    confirm_hits: Annotated[int, Field(ge=1, le=100)] = 1
+    confirm_window_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    labels: dict[str, LabelRule] = {}
+
+    @field_validator("labels")
+    @classmethod
+    def _label_names(cls, v: dict[str, LabelRule]) -> dict[str, LabelRule]:
+        for name in v:
+            if not name or name == UNKNOWN:
+                raise ValueError(
+                    f"{name!r} cannot have a rule: name one of the classifier's labels ({UNKNOWN!r} is never an event)"
+                )
+        return v
+
+
+class ClipsSection(_Section):
+    """Saved detection clips: the audio of each event with a JSON sidecar, under `dir` (see daemon/clips.py)."""
+
+    enabled: bool = False
+    dir: Path = Path("/var/lib/calm/clips")
+    format: Literal["flac", "wav", "ogg"] = "flac"  # ogg: Opus
+    pre_roll_s: Annotated[float, Field(ge=0, le=60)] = 2.0
+    post_roll_s: Annotated[float, Field(ge=0, le=60)] = 1.0  # at most events.end_after_s
+    max_clip_s: Annotated[float, Field(gt=0, le=600)] = 30.0  # a longer event keeps its last max_clip_s
+    max_age_days: Annotated[float, Field(gt=0)] | None = 30.0  # None: kept until the quota needs the room
+    max_total_mb: Annotated[float, Field(gt=0)] = 1000.0  # clips and sidecars together never exceed this
+    min_free_mb: Annotated[float, Field(ge=0)] = 500.0  # a clip that would leave less free disk is not written
 
 
 class StreamSection(_Section):
@@ -151,6 +192,7 @@ class DaemonConfig(_Section):
     metrics: MetricsSection = MetricsSection()
     vad: VadSection = VadSection()
     events: EventsSection = EventsSection()
+    clips: ClipsSection = ClipsSection()
     listeners: ListenersSection = ListenersSection()  # telephony: one stream per call leg
     calls: CallsSection = CallsSection()
     streams: list[StreamSection] = []
@@ -165,6 +207,20 @@ class DaemonConfig(_Section):
             raise ValueError(f"stream ids must be unique; repeated: {dupes}")
         if sum(s.type == "stdin" for s in self.streams) > 1:
             raise ValueError("at most one stream can read stdin")
+        return self
+
+    @model_validator(mode="after")
+    def _clips_need_events(self) -> DaemonConfig:
+        if not self.clips.enabled:
+            return self
+        if not self.events.enabled:
+            raise ValueError("clips.enabled needs events.enabled = true: a clip is saved when an event ends")
+        if self.clips.post_roll_s > self.events.end_after_s:
+            # the end event leaves end_after_s after the label was last heard: later audio is not there yet
+            raise ValueError(
+                f"clips.post_roll_s ({self.clips.post_roll_s}) must not exceed events.end_after_s "
+                f"({self.events.end_after_s})"
+            )
         return self
 
 

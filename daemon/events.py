@@ -68,15 +68,21 @@ class LabelEvent:
 
 @dataclass(frozen=True)
 class EdgeEvent:
-    """Debounced label changes: `start` when a label appears, `end` after it has been absent a while."""
+    """Debounced label changes: `start` once a label is confirmed, `end` after it has been absent a while."""
 
-    SCHEMA: ClassVar[str] = "calm.event/1"
+    SCHEMA: ClassVar[str] = "calm.event/2"  # /2: start_s, score, hits, clip
     stream: str
     seq: int
     kind: str  # "start" | "end"
     label: str
-    time_s: float
+    time_s: float  # start: the first confirming segment's start; end: the end of the last segment heard
     time_utc: str
+    start_s: float  # the event's start in stream time (equal to time_s on `start`)
+    score: float  # the label's best score in the event so far (on `start`: over the confirming segments)
+    hits: int  # segments of this label heard in the event so far
+    # on `end`: the saved clip, relative to [clips] dir with "/" separators, e.g.
+    # "front-door/20261124T064001.123Z_glass-break.flac"; None when clips are off or it was not saved
+    clip: str | None = None
 
     @property
     def topic(self) -> str:

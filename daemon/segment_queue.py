@@ -30,8 +30,6 @@ class StreamStats:
     t0_wall: float | None = None  # wall clock of the stream's first sample
     seq: int = 0
     event_seq: int = 0
-    active_label: str | None = None
-    last_seen_s: float = 0.0
     info: StreamInfo | None = None  # set for streams a listener opened (one per call leg); None: configured
 
     @property

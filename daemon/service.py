@@ -19,6 +19,7 @@ from calm_core.errors import CalmError
 
 from .calls import CallAggregator, Policy, decision_policy
 from .config import DaemonConfig
+from .detections import DetectionTracker, Edge, check_rule_labels
 from .events import EdgeEvent, Event, LabelEvent, Scored, StatusEvent, StreamStatus, utc_iso
 from .metrics import Metrics
 from .publisher import Publisher
@@ -56,6 +57,7 @@ class Service:
         self.model = self._load_model(cfg.model.classifier.as_posix())
         self.publisher = Publisher(cfg.publish)
         self.segmenters = {s.id: Segmenter(s.id, cfg.vad) for s in cfg.streams}
+        self.detections: dict[str, DetectionTracker] = {}  # per stream, from its first label (worker thread)
         self.sources: list[Source] = []
         self.listeners: list[Any] = []  # telephony listeners: each opens streams through open_stream()
         self.sinks: list[Sink] = []  # consumers of labels and stream lifecycles beside the publisher
@@ -91,6 +93,7 @@ class Service:
                 "loaded; restart calmd to load more"
             )
         name = Path(classifier_path).name.split(".")[0]
+        check_rule_labels(self.cfg.events, clf.labels, name)  # ValueError: reload refuses it like any other
         policy = None
         if self.cfg.listeners.any():  # ValueError when the positive class is not one of the classifier's
             calls = self.cfg.calls
@@ -230,6 +233,9 @@ class Service:
         for sid, stats in list(self.stats.items()):
             if stats.info is None or stats.state not in ("finished", "failed") or stats.accounted < stats.segments:
                 continue
+            tracker = self.detections.pop(sid, None)
+            if tracker is not None:  # its last label is in: an event still open ends with the stream
+                self._detect(sid, tracker.end())
             with self.stats_lock:
                 self.stats.pop(sid, None)
                 self.segmenters.pop(sid, None)
@@ -346,35 +352,29 @@ class Service:
         self.metrics.latency_seconds.observe(max(0.0, now - q.end_wall))
         log.debug("%s %.2f-%.2f s: %s (%.3f)", seg.stream, seg.start_s, seg.end_s, pred.label, pred.score)
         if self.cfg.events.enabled:
-            self._edges(stats, seg, pred.label)
+            tracker = self.detections.setdefault(seg.stream, DetectionTracker.from_config(self.cfg.events))
+            self._detect(seg.stream, tracker.label(pred.label, pred.score, seg.start_s, seg.end_s))
 
-    def _emit_edge(self, stream: str, kind: str, label: str, at_s: float) -> None:
+    def _detect(self, stream: str, edges: list[Edge]) -> None:
+        """Publish a stream's edges; an end carries the clip saved for it (written before it leaves)."""
         stats = self.stats[stream]
         t0 = stats.t0_wall or time.time()
-        self.emit(EdgeEvent(stream, stats.event_seq, kind, label, round(at_s, 3), utc_iso(t0 + at_s)))
-        stats.event_seq += 1
-
-    def _edges(self, stats: StreamStats, seg: Segment, label: str) -> None:
-        """Debounce: a label starts an event; the event ends when another label takes over or
-        when it has not been heard for end_after_s of stream time (see _expire_events)."""
-        if stats.active_label is not None and label not in (stats.active_label, UNKNOWN):
-            self._emit_edge(seg.stream, "end", stats.active_label, stats.last_seen_s)
-            stats.active_label = None
-        if label != UNKNOWN:
-            if stats.active_label is None:
-                self._emit_edge(seg.stream, "start", label, seg.start_s)
-                stats.active_label = label
-            stats.last_seen_s = seg.end_s
+        for e in edges:
+            clip = None
+            at = round(e.time_s, 3)
+            edge = EdgeEvent(stream, stats.event_seq, e.kind, e.label, at, utc_iso(t0 + e.time_s),
+                             round(e.start_s, 3), e.score, e.hits, clip)  # fmt: skip
+            stats.event_seq += 1
+            self.emit(edge)
 
     def _expire_events(self) -> None:
         idle = len(self.queue) == 0
         for stream, stats in list(self.stats.items()):  # listeners add streams from their own threads
-            if stats.active_label is None:
+            tracker = self.detections.get(stream)
+            if tracker is None or tracker.active is None:
                 continue
             ended = stats.state in ("finished", "stopped") and idle
-            if ended or stats.audio_s - stats.last_seen_s > self.cfg.events.end_after_s:
-                self._emit_edge(stream, "end", stats.active_label, stats.last_seen_s)
-                stats.active_label = None
+            self._detect(stream, tracker.end() if ended else tracker.expire(stats.audio_s))
 
     # ---- status and shutdown -----------------------------------------------------------------
     def status(self) -> StatusEvent:

@@ -37,8 +37,10 @@ def test_messages_round_trip_and_match_their_schemas() -> None:
         queue_depth=0, classifier="pets",
         fingerprint="f", exit_layer=3, streams={"s": StreamStatus("stopped", 3, 0, 0, 2, 0, 2.0, 0.1, None)},
     )  # fmt: skip
-    edge = EdgeEvent("s", 0, "start", "dog", 1.0, "2026-01-01T00:00:01.000Z")
-    for event, name in ((label(0), "label"), (status, "status"), (edge, "event")):
+    edge = EdgeEvent("s", 0, "start", "dog", 1.0, "2026-01-01T00:00:01.000Z", 1.0, 0.7, 2)
+    clip = "s/20260101T000001.000Z_dog.flac"
+    end = EdgeEvent("s", 1, "end", "dog", 3.0, "2026-01-01T00:00:03.000Z", 1.0, 0.9, 3, clip)
+    for event, name in ((label(0), "label"), (status, "status"), (edge, "event"), (end, "event")):
         frames = encode(event)
         jsonschema.validate(json.loads(frames[1]), schema(name))
         assert decode(frames) == event
@@ -174,13 +176,13 @@ def test_debounced_events_and_calm_listen(
     daemon.proc.wait(timeout=300)
     code, log = daemon.stop()
     # calmd has exited; what it sent may still be on its way through calm listen
-    wait_for(lambda: sum('"calm.event/1"' in line for line in lines) >= 8, timeout=30)
+    wait_for(lambda: sum('"calm.event/2"' in line for line in lines) >= 8, timeout=30)
     listen.terminate()
     listen.wait(timeout=30)
     reader.join(10)
     messages = [json.loads(line) for line in lines]
     labels = [m for m in messages if m["schema"] == "calm.label/1"]
-    edges = [m for m in messages if m["schema"] == "calm.event/1"]
+    edges = [m for m in messages if m["schema"] == "calm.event/2"]
     assert code == 0, log
     assert len(labels) == 4
     for m in edges:
