@@ -37,7 +37,7 @@ def o_proj(layer: Any) -> torch.nn.Module:
 class PromptDecoder:
     """[prefix][audio tokens][suffix] through a decoder-only language model; heads at the last token."""
 
-    language_model: Any  # a torch module with .layers, .get_input_embeddings(), forward(inputs_embeds=, attention_mask=)
+    language_model: Any  # a module with .layers, .get_input_embeddings(), forward(inputs_embeds=, attention_mask=)
     prefix_ids: list[int]
     suffix_ids: list[int]
     audio_token_id: int  # the placeholder id repeated once per audio token (embedded, then overwritten)
