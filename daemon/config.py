@@ -82,6 +82,21 @@ class MetricsSection(_Section):
         return v
 
 
+class PageSection(_Section):
+    """The live page (daemon/page): its own port, since prometheus_client owns the metrics server."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"  # loopback: binding wider is an explicit choice
+    port: Annotated[int, Field(ge=0, le=65535)] = 9110
+    max_clients: Annotated[int, Field(ge=1, le=1000)] = 16  # browsers on /events at once; more get 503
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        ipaddress.ip_address(v)
+        return v
+
+
 class VadSection(_Section):
     mode: Literal["webrtc", "none"] = "webrtc"
     aggressiveness: Annotated[int, Field(ge=0, le=3)] = 2
@@ -190,6 +205,7 @@ class DaemonConfig(_Section):
     inference: InferenceSection = InferenceSection()
     publish: PublishSection = PublishSection()
     metrics: MetricsSection = MetricsSection()
+    page: PageSection = PageSection()
     vad: VadSection = VadSection()
     events: EventsSection = EventsSection()
     clips: ClipsSection = ClipsSection()

@@ -39,6 +39,9 @@ class Metrics:
         self.call_verdicts = Counter(
             "calm_call_verdicts_total", "Final call verdicts", ["protocol", "decision"], registry=r
         )
+        self.page_dropped = Counter(
+            "calm_page_clients_dropped_total", "Live page browsers cut off for falling behind", registry=r
+        )
         buckets = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
         self.vad_seconds = Histogram("calm_vad_seconds", "Segmenter time per chunk", buckets=buckets, registry=r)
         self.inference_seconds = Histogram(

@@ -61,6 +61,7 @@ class Service:
         self.sources: list[Source] = []
         self.listeners: list[Any] = []  # telephony listeners: each opens streams through open_stream()
         self.sinks: list[Sink] = []  # consumers of labels and stream lifecycles beside the publisher
+        self.page: Any = None  # the live page (calmd.page.LivePage) when [page] is enabled
         self.ended: dict[str, tuple[float, StreamStatus]] = {}  # listener streams retired lately, for status
         self.stopping = threading.Event()
         self.abandon = threading.Event()  # set once the drain bound has passed: the worker takes no new batch
@@ -126,6 +127,12 @@ class Service:
 
     # ---- capture -----------------------------------------------------------------------------
     def start(self) -> None:
+        if self.cfg.page.enabled:  # first: a taken port stops calmd before any listener has bound
+            from .page import LivePage
+
+            self.page = LivePage(self.cfg.page, self.cfg.clips.dir if self.cfg.clips.enabled else None, self.metrics)
+            self.sinks.append(self.page.hub)
+            self.page.start()
         if self.cfg.listeners.any():
             from .telephony import make_listeners
 
@@ -482,6 +489,8 @@ class Service:
         log.info("stopped in %.2f s", elapsed)
         self.publish_status()
         self.publisher.close()  # waits (at most the socket's linger) for the last status to leave
+        if self.page is not None:  # after the last status, which the page shows too
+            self.page.close()
         return [t.name for t in [self.worker, *threads] if t.is_alive()]
 
 
