@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import AudioError, ModelLoadError
-from ..fingerprint import Fingerprint
-from .base import HeadLayout, LoadOptions, feature_fingerprint, precision_kwargs, resolve_exit_layer
-from .decoder import PromptDecoder, split_prompt
+from ..errors import AudioError
+from .audio_lm import AudioLMBackbone
+from .audio_lm import quiet_transformers as _quiet_transformers  # noqa: F401 (whisper.py imports it from here)
+from .decoder import split_prompt
 
 ADAPTER_VERSION = "qwen2_audio/1"
 AUDIO_PLACEHOLDER = "<|AUDIO|>"
@@ -29,22 +27,6 @@ DEFAULT_PROMPT = (
 _MEL_TAIL = 1600
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def mel_valid_frames(feature_extractor: Any, clip: np.ndarray) -> tuple[torch.Tensor, int]:
@@ -93,75 +75,76 @@ def encode_valid_frames(audio_tower: Any, projector: Any, mel: torch.Tensor, n_v
     return projector(h[0, :n_tokens])
 
 
-class Qwen2AudioBackbone:
+def encode_valid_frames_batch(
+    audio_tower: Any, projector: Any, mels: Sequence[tuple[torch.Tensor, int]]
+) -> list[torch.Tensor]:
+    """Audio tokens of several clips in one encoder run, each equal to encode_valid_frames on it alone.
+
+    The mels are zero-padded to the longest: a clip's valid conv outputs never read past its own
+    context frames (_context_frames), and its padded positions are masked out of self-attention
+    as keys, as the stock run masks its 30 s of padding. [((n_mels, frames), n_valid)] ->
+    [(n_tokens, text_hidden)].
+    """
+    from transformers.masking_utils import create_bidirectional_mask
+
+    weight = audio_tower.conv1.weight
+    width = max(mel.shape[-1] for mel, _ in mels)
+    x = torch.stack([F.pad(mel, (0, width - mel.shape[-1])) for mel, _ in mels]).to(weight.device, weight.dtype)
+    conv_lens = torch.tensor([(n_valid - 1) // 2 + 1 for _, n_valid in mels])
+    longest = int(conv_lens.max())
+    x = F.gelu(audio_tower.conv1(x))
+    x = F.gelu(audio_tower.conv2(x))[:, :, :longest]
+    h = x.permute(0, 2, 1) + audio_tower.embed_positions.weight[:longest]  # (B, T, d)
+    valid = (torch.arange(longest)[None] < conv_lens[:, None]).long().to(weight.device)
+    mask = create_bidirectional_mask(config=audio_tower.config, inputs_embeds=h, attention_mask=valid)
+    for layer in audio_tower.layers:
+        h = layer(h, mask)
+    h = audio_tower.avg_pooler(h.permute(0, 2, 1)).permute(0, 2, 1)
+    tokens = projector(audio_tower.layer_norm(h))  # (B, longest // 2, text_hidden)
+    return [tokens[i, : (int(n) - 2) // 2 + 1] for i, n in enumerate(conv_lens)]
+
+
+class Qwen2AudioBackbone(AudioLMBackbone):
     """Head activations of Qwen2-Audio's language model at the last prompt token."""
 
     name = "qwen2_audio"
+    title = "Qwen2-Audio"
+    adapter_version = ADAPTER_VERSION
+    default_prompt = DEFAULT_PROMPT
 
-    def __init__(self, model_dir: Path, options: LoadOptions = LoadOptions()):
-        from transformers import AutoConfig, AutoProcessor, Qwen2AudioModel
+    def model_class(self) -> Any:
+        from transformers import Qwen2AudioModel
 
-        self.model_dir = Path(model_dir)
-        self.device = torch.device(options.device)
-        config = AutoConfig.from_pretrained(self.model_dir, local_files_only=True)
-        text = config.text_config
-        self.layout = HeadLayout(
-            n_layers=text.num_hidden_layers,
-            n_heads=text.num_attention_heads,
-            head_dim=getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads,
-        )
-        self.loaded_layers = self.layout.n_layers
-        if options.load_layers is not None:
-            self.loaded_layers = max(1, min(options.load_layers, self.layout.n_layers))
-            text.num_hidden_layers = self.loaded_layers
-            if getattr(text, "layer_types", None):
-                text.layer_types = text.layer_types[: self.loaded_layers]
-        kwargs: dict[str, Any] = {"config": config, "local_files_only": True, "device_map": {"": self.device}}
-        # Default: 4-bit NF4 on CUDA, where a 7B model must fit; fp32 on CPU. NF4 quantises the
-        # language model only: the audio encoder and projector stay in the compute dtype.
-        precision = options.dtype or ("nf4" if self.device.type == "cuda" else "fp32")
-        kwargs.update(precision_kwargs(precision, self.device, ["audio_tower", "multi_modal_projector"]))
-        try:
-            with _quiet_transformers():
-                self.processor = AutoProcessor.from_pretrained(self.model_dir, local_files_only=True)
-                # The base model has no lm_head: the vocabulary projection is never loaded or run.
-                self.model = Qwen2AudioModel.from_pretrained(self.model_dir, **kwargs).eval()
-        except (OSError, ValueError) as e:
-            raise ModelLoadError(f"{self.model_dir}: could not load Qwen2-Audio ({e})") from e
-        self.tokenizer = self.processor.tokenizer
-        self.feature_extractor = self.processor.feature_extractor
-        self.audio_token_id = int(config.audio_token_id)
-        self.prompt = options.prompt or DEFAULT_PROMPT
-        prefix, suffix = split_prompt(self.tokenizer, self.prompt, AUDIO_PLACEHOLDER)
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.decoder = PromptDecoder(
-            self.model.language_model, prefix, suffix, self.audio_token_id, pad_id, self.device
-        )
-        self.fingerprint = self._fingerprint(config, precision)
+        return Qwen2AudioModel
 
-    def _fingerprint(self, config: Any, precision: str) -> Fingerprint:
-        full = config.to_dict()
-        full["text_config"]["num_hidden_layers"] = self.layout.n_layers
-        full["text_config"].pop("layer_types", None)
-        return feature_fingerprint(
-            ADAPTER_VERSION, full, self.model_dir, precision, self.prompt, self.feature_extractor, self.layout
-        )
-
-    @property
-    def text_layers(self) -> Any:
-        return self.model.language_model.layers
+    def prompt_ids(self, prompt: str) -> tuple[list[int], list[int]]:
+        return split_prompt(self.tokenizer, prompt, AUDIO_PLACEHOLDER)
 
     def audio_tokens(self, clip: np.ndarray) -> torch.Tensor:
         """Projected audio tokens of one 16 kHz clip via the valid-frame encoder: (n_tokens, hidden)."""
-        mel, n_valid = mel_valid_frames(self.feature_extractor, clip)
+        return valid_frame_audio_tokens(self.model, self.feature_extractor, clip)
+
+    def batch_audio_tokens(self, clips: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """Audio tokens of each clip through one padded, masked encoder run (equal to one at a time)."""
+        return valid_frame_audio_tokens_batch(self.model, self.feature_extractor, clips)
+
+
+def valid_frame_audio_tokens_batch(
+    model: Any, feature_extractor: Any, clips: Sequence[np.ndarray]
+) -> list[torch.Tensor]:
+    """valid_frame_audio_tokens of several clips through one padded, masked encoder run."""
+    mels = []
+    for clip in clips:
+        mel, n_valid = mel_valid_frames(feature_extractor, clip)
         if n_valid < 3:
             raise AudioError(f"clip of {clip.size} samples is too short for the audio encoder")
-        return encode_valid_frames(self.model.audio_tower, self.model.multi_modal_projector, mel, n_valid)
+        mels.append((mel, n_valid))
+    return encode_valid_frames_batch(model.audio_tower, model.multi_modal_projector, mels)
 
-    @torch.inference_mode()
-    def head_activations(self, clips: Sequence[np.ndarray], exit_layer: int | None = None) -> torch.Tensor:
-        exit_layer = resolve_exit_layer(exit_layer, self.loaded_layers)
-        if not clips:
-            return torch.empty(0, exit_layer + 1, self.layout.n_heads, self.layout.head_dim)
-        out = self.decoder.heads([self.audio_tokens(clip) for clip in clips], exit_layer)  # (B, L, H * D)
-        return out.view(len(clips), exit_layer + 1, self.layout.n_heads, self.layout.head_dim)
+
+def valid_frame_audio_tokens(model: Any, feature_extractor: Any, clip: np.ndarray) -> torch.Tensor:
+    """Audio tokens of a Whisper encoder + average pool + projector (Qwen2-Audio, Audio Flamingo 3)."""
+    mel, n_valid = mel_valid_frames(feature_extractor, clip)
+    if n_valid < 3:
+        raise AudioError(f"clip of {clip.size} samples is too short for the audio encoder")
+    return encode_valid_frames(model.audio_tower, model.multi_modal_projector, mel, n_valid)
