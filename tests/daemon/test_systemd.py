@@ -56,16 +56,17 @@ SYSTEMD = UNIT.parent
 
 
 def installed_copies(tmp_path: Path) -> Path:
-    """calmd@.service and calm-proxy.service pointing at this environment's scripts, in one folder."""
+    """calmd@.service, calm-proxy.service and calm-mqtt.service pointing at this environment's scripts."""
     bin_dir = Path(sys.executable).parent
-    for name, script in (("calmd@.service", "calmd"), ("calm-proxy.service", "calm-proxy")):
+    units = (("calmd@.service", "calmd"), ("calm-proxy.service", "calm-proxy"), ("calm-mqtt.service", "calm-mqtt"))
+    for name, script in units:
         assert (bin_dir / script).exists(), f"{script} console script is not installed"
         text = (SYSTEMD / name).read_text().replace(f"/opt/calm/.venv/bin/{script}", str(bin_dir / script))
         (tmp_path / name).write_text(text)
     return tmp_path
 
 
-@pytest.mark.parametrize("unit", ["calmd@0.service", "calmd@3.service", "calm-proxy.service"])
+@pytest.mark.parametrize("unit", ["calmd@0.service", "calmd@3.service", "calm-proxy.service", "calm-mqtt.service"])
 def test_scale_out_units_verify_with_no_warning(tmp_path: Path, unit: str) -> None:
     # an instance name resolves against the template beside it
     proc = subprocess.run(
@@ -83,7 +84,7 @@ def test_template_verify_would_catch_a_bad_key(tmp_path: Path) -> None:
     assert "NoSuchKey" in proc.stderr
 
 
-@pytest.mark.parametrize("unit", ["calmd@0.service", "calm-proxy.service"])
+@pytest.mark.parametrize("unit", ["calmd@0.service", "calm-proxy.service", "calm-mqtt.service"])
 def test_scale_out_units_security_exposure_is_low(tmp_path: Path, unit: str) -> None:
     path = installed_copies(tmp_path) / unit
     proc = subprocess.run(["systemd-analyze", "security", "--offline=true", str(path)], capture_output=True, text=True)
@@ -105,3 +106,13 @@ def test_template_gives_each_instance_its_gpu_and_config_and_keeps_calmds_harden
     assert dropped == []
     for line in ("Type=notify", "Restart=on-failure", "User=calm", "NoNewPrivileges=yes", "DevicePolicy=closed"):
         assert line in (SYSTEMD / "calm-proxy.service").read_text().splitlines()
+
+
+def test_mqtt_bridge_unit_is_notify_restarts_and_keeps_the_proxys_hardening() -> None:
+    proxy = (SYSTEMD / "calm-proxy.service").read_text().splitlines()
+    bridge = (SYSTEMD / "calm-mqtt.service").read_text().splitlines()
+    hardening = proxy[proxy.index("# Hardening: as calmd's, and no devices at all") + 1 :]
+    assert [line for line in hardening if line not in bridge] == []
+    for line in ("Type=notify", "Restart=on-failure", "User=calm", "ReadOnlyPaths=/etc/calm"):
+        assert line in bridge
+    assert "ExecStart=/opt/calm/.venv/bin/calm-mqtt --config /etc/calm/calm-mqtt.toml" in bridge

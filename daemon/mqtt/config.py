@@ -1,0 +1,190 @@
+"""calm-mqtt configuration: TOML and flags, validated once at start; unknown keys and bad values name the key."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import socket
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file or flag calm-mqtt cannot run with. (Not calmd's: importing calmd.config would
+    import calm_core and with it torch, seconds and hundreds of MB that a bridge has no use for.)"""
+
+
+# A topic level calm-mqtt writes into: no MQTT wildcards, no level separator inside, no leading "$".
+TOPIC_PREFIX = re.compile(r"^[^#+$/\x00][^#+\x00]*$")
+
+
+def check_topic_prefix(v: str) -> str:
+    if not TOPIC_PREFIX.match(v) or v.endswith("/"):
+        raise ValueError(f"{v!r}: a topic prefix without '#', '+', a leading '$' or '/', or a trailing '/'")
+    return v
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ZmqSection(_Section):
+    # calmd's publish.endpoint, or calm-proxy's --backend for many calmd behind one endpoint
+    endpoints: Annotated[list[str], Field(min_length=1)] = ["tcp://127.0.0.1:5556"]
+    curve_server_key: Path | None = None  # calmd's (or the proxy's) public certificate
+    curve_client_cert: Path | None = None  # this bridge's certificate, with its secret key
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, v: list[str]) -> list[str]:
+        for endpoint in v:
+            parts = urlsplit(endpoint)
+            if parts.scheme not in ("tcp", "ipc"):
+                raise ValueError(f"{endpoint!r}: scheme must be tcp:// or ipc://")
+            if parts.scheme == "tcp" and parts.port is None:
+                raise ValueError(f"{endpoint!r}: tcp endpoints need a port, e.g. tcp://127.0.0.1:5556")
+        return v
+
+    @model_validator(mode="after")
+    def _curve_pair(self) -> ZmqSection:
+        if (self.curve_server_key is None) != (self.curve_client_cert is None):
+            raise ValueError("curve_server_key and curve_client_cert must be set together")
+        return self
+
+
+class TlsSection(_Section):
+    enabled: bool = False
+    ca_certs: Path | None = None  # CA bundle that signed the broker's certificate; None: the system's
+    certfile: Path | None = None  # client certificate, for brokers that require one
+    keyfile: Path | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsSection:
+        if self.keyfile is not None and self.certfile is None:
+            raise ValueError("keyfile needs certfile")
+        if not self.enabled and (self.ca_certs or self.certfile):
+            raise ValueError("ca_certs/certfile/keyfile are set but enabled = false")
+        return self
+
+
+class BrokerSection(_Section):
+    host: Annotated[str, Field(min_length=1)] = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None  # None: 1883, or 8883 with TLS
+    username: Annotated[str, Field(min_length=1)] | None = None
+    password: str | None = None
+    password_file: Path | None = None  # first line is the password (keeps it out of the config)
+    client_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None  # None: calm-mqtt-<hostname>
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    connect_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0  # at start: no CONNACK by then is fatal
+    reconnect_min_s: Annotated[int, Field(ge=1, le=600)] = 1  # later disconnects: the wait doubles from min
+    reconnect_max_s: Annotated[int, Field(ge=1, le=3600)] = 60  # to max seconds between attempts
+    tls: TlsSection = TlsSection()
+
+    @property
+    def effective_port(self) -> int:
+        return self.port if self.port is not None else (8883 if self.tls.enabled else 1883)
+
+    @property
+    def effective_client_id(self) -> str:
+        return self.client_id or f"calm-mqtt-{socket.gethostname()}"
+
+    def read_password(self) -> str | None:
+        if self.password_file is None:
+            return self.password
+        try:
+            lines = self.password_file.read_text().splitlines()
+        except OSError as e:
+            raise ConfigError(f"broker.password_file {str(self.password_file)!r}: cannot read ({e})") from None
+        if not lines or not lines[0]:
+            raise ConfigError(f"broker.password_file {str(self.password_file)!r}: the first line is empty")
+        return lines[0]
+
+    @model_validator(mode="after")
+    def _credentials(self) -> BrokerSection:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        if (self.password is not None or self.password_file is not None) and self.username is None:
+            raise ValueError("a password needs a username")
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError(
+                f"reconnect_min_s ({self.reconnect_min_s}) must not exceed reconnect_max_s ({self.reconnect_max_s})"
+            )
+        return self
+
+
+class TopicsSection(_Section):
+    prefix: str = "calm"  # every topic calm-mqtt publishes starts with <prefix>/
+    qos: Annotated[int, Field(ge=0, le=2)] = 1
+    # events and call verdicts held while the broker is away; past this the oldest are dropped and counted
+    queue_size: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+    stale_after_s: Annotated[float, Field(gt=0)] = 30.0  # a stream no calm.status mentioned for this long: offline
+    status_max_age_s: Annotated[float, Field(gt=0)] = 600.0  # an instance silent this long leaves <prefix>/status
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        return check_topic_prefix(v)
+
+
+class DiscoverySection(_Section):
+    enabled: bool = True  # Home Assistant MQTT discovery
+    prefix: str = "homeassistant"  # Home Assistant's discovery_prefix
+    # streams that get a Home Assistant device (shell-style patterns); call legs never do
+    streams: Annotated[list[str], Field(min_length=1)] = ["*"]
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        return check_topic_prefix(v)
+
+    def wants(self, stream: str) -> bool:
+        return self.enabled and any(fnmatch.fnmatchcase(stream, pattern) for pattern in self.streams)
+
+
+class BridgeConfig(_Section):
+    zmq: ZmqSection = ZmqSection()
+    broker: BrokerSection = BrokerSection()
+    topics: TopicsSection = TopicsSection()
+    discovery: DiscoverySection = DiscoverySection()
+
+
+def _format(error: ValidationError, source: str) -> str:
+    lines = []
+    for e in error.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<top level>"
+        value = e.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"  {key}: {'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}{shown}")
+    return f"{source}: invalid configuration\n" + "\n".join(lines)
+
+
+def parse_bridge_config(data: dict[str, Any], source: str = "config") -> BridgeConfig:
+    try:
+        return BridgeConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format(e, source)) from None
+
+
+def load_bridge_config(path: Path | None, overrides: dict[str, Any] | None = None) -> BridgeConfig:
+    """The TOML file (None: defaults only) with dotted overrides ("broker.tls.enabled") from the command line."""
+    data: dict[str, Any] = {}
+    source = "command line"
+    if path is not None:
+        source = str(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such configuration file") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    for dotted, value in (overrides or {}).items():
+        *sections, key = dotted.split(".")
+        table = data
+        for section in sections:
+            table = table.setdefault(section, {})
+        table[key] = value
+    return parse_bridge_config(data, source)
