@@ -42,6 +42,14 @@ class Metrics:
         self.page_dropped = Counter(
             "calm_page_clients_dropped_total", "Live page browsers cut off for falling behind", registry=r
         )
+        self.clips_saved = Counter("calm_clips_saved_total", "Detection clips written", registry=r)
+        self.clips_deleted = Counter(
+            "calm_clips_deleted_total", "Detection clips removed by retention", ["reason"], registry=r
+        )  # reason: age | quota
+        self.clips_refused = Counter(
+            "calm_clips_refused_total", "Detection clips not written", ["reason"], registry=r
+        )  # reason: quota | disk | audio | error
+        self.clips_bytes = Gauge("calm_clips_bytes", "Bytes used by clips and sidecars under [clips] dir", registry=r)
         buckets = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
         self.vad_seconds = Histogram("calm_vad_seconds", "Segmenter time per chunk", buckets=buckets, registry=r)
         self.inference_seconds = Histogram(

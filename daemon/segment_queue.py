@@ -29,7 +29,6 @@ class StreamStats:
     last_error: str | None = None
     t0_wall: float | None = None  # wall clock of the stream's first sample
     seq: int = 0
-    event_seq: int = 0
     info: StreamInfo | None = None  # set for streams a listener opened (one per call leg); None: configured
 
     @property

@@ -18,9 +18,10 @@ from calm_core.classifier import UNKNOWN, CalmClassifier
 from calm_core.errors import CalmError
 
 from .calls import CallAggregator, Policy, decision_policy
+from .clips import ClipRecorder
 from .config import DaemonConfig
-from .detections import DetectionTracker, Edge, check_rule_labels
-from .events import EdgeEvent, Event, LabelEvent, Scored, StatusEvent, StreamStatus, utc_iso
+from .detections import Detections, Edge, check_rule_labels
+from .events import Event, LabelEvent, Scored, StatusEvent, StreamStatus, utc_iso
 from .metrics import Metrics
 from .publisher import Publisher
 from .segment_queue import Queued, SegmentQueue, StreamStats
@@ -57,10 +58,13 @@ class Service:
         self.model = self._load_model(cfg.model.classifier.as_posix())
         self.publisher = Publisher(cfg.publish)
         self.segmenters = {s.id: Segmenter(s.id, cfg.vad) for s in cfg.streams}
-        self.detections: dict[str, DetectionTracker] = {}  # per stream, from its first label (worker thread)
         self.sources: list[Source] = []
         self.listeners: list[Any] = []  # telephony listeners: each opens streams through open_stream()
         self.sinks: list[Sink] = []  # consumers of labels and stream lifecycles beside the publisher
+        self.clips = ClipRecorder(cfg.clips, cfg.events.end_after_s, self.metrics) if cfg.clips.enabled else None
+        if self.clips is not None:  # a sink for the audio; asked for each ended event's clip
+            self.sinks.append(self.clips)
+        self.detections = Detections(cfg.events, self.emit, self._save_clip if self.clips is not None else None)
         self.page: Any = None  # the live page (calmd.page.LivePage) when [page] is enabled
         self.ended: dict[str, tuple[float, StreamStatus]] = {}  # listener streams retired lately, for status
         self.stopping = threading.Event()
@@ -102,6 +106,11 @@ class Service:
                 clf.labels, clf.info, name, clf.fingerprint.digest, calls.positive, calls.threshold
             )
         return Model(backbone, clf, name, policy=policy)
+
+    def _save_clip(self, stream: str, edge: Edge, t0_wall: float) -> str | None:
+        assert self.clips is not None
+        model = self.model
+        return self.clips.save(stream, edge, t0_wall, model.name, model.classifier.fingerprint.digest)
 
     def call_policy(self) -> Policy:
         policy = self.model.policy
@@ -240,9 +249,7 @@ class Service:
         for sid, stats in list(self.stats.items()):
             if stats.info is None or stats.state not in ("finished", "failed") or stats.accounted < stats.segments:
                 continue
-            tracker = self.detections.pop(sid, None)
-            if tracker is not None:  # its last label is in: an event still open ends with the stream
-                self._detect(sid, tracker.end())
+            self.detections.close(sid, stats.t0_wall or time.time())  # its last label is in
             with self.stats_lock:
                 self.stats.pop(sid, None)
                 self.segmenters.pop(sid, None)
@@ -359,29 +366,13 @@ class Service:
         self.metrics.latency_seconds.observe(max(0.0, now - q.end_wall))
         log.debug("%s %.2f-%.2f s: %s (%.3f)", seg.stream, seg.start_s, seg.end_s, pred.label, pred.score)
         if self.cfg.events.enabled:
-            tracker = self.detections.setdefault(seg.stream, DetectionTracker.from_config(self.cfg.events))
-            self._detect(seg.stream, tracker.label(pred.label, pred.score, seg.start_s, seg.end_s))
-
-    def _detect(self, stream: str, edges: list[Edge]) -> None:
-        """Publish a stream's edges; an end carries the clip saved for it (written before it leaves)."""
-        stats = self.stats[stream]
-        t0 = stats.t0_wall or time.time()
-        for e in edges:
-            clip = None
-            at = round(e.time_s, 3)
-            edge = EdgeEvent(stream, stats.event_seq, e.kind, e.label, at, utc_iso(t0 + e.time_s),
-                             round(e.start_s, 3), e.score, e.hits, clip)  # fmt: skip
-            stats.event_seq += 1
-            self.emit(edge)
+            self.detections.label(seg.stream, t0, pred.label, pred.score, seg.start_s, seg.end_s)
 
     def _expire_events(self) -> None:
         idle = len(self.queue) == 0
         for stream, stats in list(self.stats.items()):  # listeners add streams from their own threads
-            tracker = self.detections.get(stream)
-            if tracker is None or tracker.active is None:
-                continue
             ended = stats.state in ("finished", "stopped") and idle
-            self._detect(stream, tracker.end() if ended else tracker.expire(stats.audio_s))
+            self.detections.expire(stream, stats.t0_wall or time.time(), stats.audio_s, ended)
 
     # ---- status and shutdown -----------------------------------------------------------------
     def status(self) -> StatusEvent:

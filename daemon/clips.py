@@ -1,0 +1,255 @@
+"""Detection clips: each stream's recent audio in a ring, and when an event ends, its audio (pre-roll +
+event + post-roll) written under [clips] dir with a JSON sidecar, within an age limit and a disk quota.
+
+Layout: <dir>/<stream>/<event start, UTC>_<label>.<flac|wav|ogg> and the same name with .json. A clip is
+encoded in memory first, so its exact size is known before anything on disk changes: the oldest clips
+are deleted to make room, then it is written to a temporary file and renamed, so the quota is never
+exceeded and a reader never sees half a clip.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+from .config import ClipsSection, ConfigError
+from .detections import Edge
+from .events import utc_iso
+from .metrics import Metrics
+from .sinks import Sink, StreamInfo
+
+log = logging.getLogger("calmd.clips")
+
+SAMPLE_RATE = 16_000
+SIDECAR_SCHEMA = "calm.clip/1"
+FORMATS = {"flac": ("FLAC", "PCM_16"), "wav": ("WAV", "PCM_16"), "ogg": ("OGG", "OPUS")}
+# How far the end of an event may lag behind the newest audio (queue and model latency) and still find its
+# audio in the ring; a stream that runs further ahead (a file read faster than real time) loses the clip.
+LAG_S = 30.0
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+class AudioRing:
+    """A stream's most recent audio, addressed by sample index since the stream's first sample."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.chunks: deque[np.ndarray] = deque()
+        self.start = 0  # sample index of chunks[0][0]
+        self.total = 0  # samples received
+        self.lock = threading.Lock()
+
+    def append(self, chunk: np.ndarray) -> None:
+        with self.lock:
+            self.chunks.append(np.array(chunk, dtype=np.float32, copy=True))
+            self.total += chunk.size
+            while self.chunks and self.total - self.start - self.chunks[0].size >= self.capacity:
+                self.start += self.chunks.popleft().size
+
+    def read(self, a: int, b: int) -> tuple[int, np.ndarray]:
+        """Samples [a, b), clamped to what is still held: (index of the first one returned, samples)."""
+        with self.lock:
+            a, b = max(a, self.start), min(b, self.total)
+            if a >= b:
+                return a, np.zeros(0, np.float32)
+            held = np.concatenate(list(self.chunks))
+        return a, held[a - self.start : b - self.start]
+
+
+@dataclass(frozen=True)
+class _Stored:
+    stem: Path  # the clip's path without its suffix
+    files: tuple[Path, ...]  # the clip and its sidecar (either may be missing)
+    size: int
+    mtime: float
+
+
+class ClipRecorder(Sink):
+    """Keeps each stream's recent audio and saves the clip of each ended event (see Service._detect)."""
+
+    def __init__(self, cfg: ClipsSection, end_after_s: float, metrics: Metrics):
+        self.cfg = cfg
+        self.dir = cfg.dir
+        self.metrics = metrics
+        self.format, self.subtype = FORMATS[cfg.format]
+        if self.subtype not in sf.available_subtypes(self.format):
+            raise ConfigError(
+                f"clips.format {cfg.format!r}: this libsndfile cannot write {self.format}/{self.subtype}; "
+                f"use one of {', '.join(f for f, (c, t) in FORMATS.items() if t in sf.available_subtypes(c))}"
+            )
+        self.capacity = int((cfg.max_clip_s + end_after_s + LAG_S) * SAMPLE_RATE)
+        self.rings: dict[str, AudioRing] = {}
+        self.rings_lock = threading.Lock()
+        self._prepare_dir()
+        self.metrics.clips_bytes.set(sum(s.size for s in self._stored()))
+
+    def _prepare_dir(self) -> None:
+        """Create the folder and prove it is writable: ConfigError naming it otherwise (at start-up)."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            probe = self.dir / f".probe-{os.getpid()}.tmp"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise ConfigError(f"clips.dir {str(self.dir)!r}: cannot write clips there ({e.strerror or e})") from None
+        for stale in self.dir.glob("*/.*.tmp"):  # a clip whose writer died before the rename
+            stale.unlink(missing_ok=True)
+
+    # ---- audio -----------------------------------------------------------------------------------
+    def audio(self, stream: str, chunk: np.ndarray, end_s: float) -> None:
+        ring = self.rings.get(stream)
+        if ring is None:
+            with self.rings_lock:
+                ring = self.rings.setdefault(stream, AudioRing(self.capacity))
+        ring.append(chunk)
+
+    def stream_ended(self, info: StreamInfo, audio_s: float, error: str | None) -> None:
+        with self.rings_lock:
+            self.rings.pop(info.stream, None)
+
+    # ---- saving ----------------------------------------------------------------------------------
+    def save(self, stream: str, edge: Edge, t0_wall: float, classifier: str, fingerprint: str) -> str | None:
+        """Write the clip of an ended event; its path relative to dir, or None (counted and logged)."""
+        ring = self.rings.get(stream)
+        if ring is None:
+            self._refused("audio", f"{stream}: no audio buffered for the {edge.label} event")
+            return None
+        # [start - pre_roll, end + post_roll], its last max_clip_s when longer; the ring may hold less
+        full_a = max(0, round((edge.start_s - self.cfg.pre_roll_s) * SAMPLE_RATE))
+        want_b = round((edge.time_s + self.cfg.post_roll_s) * SAMPLE_RATE)
+        first, samples = ring.read(max(full_a, want_b - round(self.cfg.max_clip_s * SAMPLE_RATE)), want_b)
+        if samples.size == 0:
+            self._refused("audio", f"{stream}: the audio of the {edge.label} event is no longer buffered")
+            return None
+        clip_start_s, clip_end_s = first / SAMPLE_RATE, (first + samples.size) / SAMPLE_RATE
+        stamp = utc_iso(t0_wall + edge.start_s).replace("-", "").replace(":", "")  # 20261124T064001.123Z
+        name = f"{_safe(stream)}/{stamp}_{_safe(edge.label)}"
+        try:
+            audio = io.BytesIO()
+            sf.write(audio, samples, SAMPLE_RATE, format=self.format, subtype=self.subtype)
+            sidecar = {
+                "schema": SIDECAR_SCHEMA,
+                "stream": stream,
+                "label": edge.label,
+                "score": edge.score,
+                "hits": edge.hits,
+                "segments": [{"start_s": h.start_s, "end_s": h.end_s, "score": h.score} for h in edge.segments],
+                "start_s": edge.start_s,
+                "end_s": edge.time_s,
+                "start_utc": utc_iso(t0_wall + edge.start_s),
+                "end_utc": utc_iso(t0_wall + edge.time_s),
+                "clip_start_s": clip_start_s,
+                "clip_end_s": clip_end_s,
+                "clip_start_utc": utc_iso(t0_wall + clip_start_s),
+                "truncated": first > full_a,  # longer than max_clip_s, or its start had left the ring
+                "classifier": classifier,
+                "fingerprint": fingerprint,
+                "format": self.cfg.format,
+                "sample_rate": SAMPLE_RATE,
+                "samples": int(samples.size),
+            }
+            return self._store(name, audio.getvalue(), sidecar)
+        except (OSError, sf.SoundFileError) as e:
+            self._refused("error", f"{stream}: writing the clip of the {edge.label} event failed: {e}")
+            return None
+
+    def _store(self, name: str, audio: bytes, sidecar: dict[str, Any]) -> str | None:
+        quota = int(self.cfg.max_total_mb * 1e6)
+        stored = self._stored()
+        clip = self.dir / f"{name}.{self.cfg.format}"
+        for n in range(1, 1000):  # two events of one label starting in the same millisecond
+            if not clip.exists():
+                break
+            clip = self.dir / f"{name}-{n}.{self.cfg.format}"
+        sidecar["clip"] = clip.name
+        meta = (json.dumps(sidecar, indent=1) + "\n").encode()
+        size = len(audio) + len(meta)
+        if size > quota:
+            self._refused("quota", f"{clip}: {size} bytes alone exceed clips.max_total_mb")
+            return None
+        if self.cfg.max_age_days is not None:
+            cutoff = time.time() - self.cfg.max_age_days * 86_400
+            expired = [s for s in stored if s.mtime < cutoff]
+            stored = [s for s in stored if s not in expired or not self._delete(s, "age")]
+        used = sum(s.size for s in stored)
+        for old in stored:  # oldest first
+            if used + size <= quota:
+                break
+            if self._delete(old, "quota"):
+                used -= old.size
+        if used + size > quota:
+            self._refused("quota", f"{clip}: no room under clips.max_total_mb ({used} bytes in use)")
+            return None
+        free = shutil.disk_usage(self.dir).free
+        if free - size < self.cfg.min_free_mb * 1e6:
+            self._refused("disk", f"{clip}: would leave {free - size} bytes free, under clips.min_free_mb")
+            return None
+        clip.parent.mkdir(exist_ok=True)
+        _write_atomic(clip, audio)
+        _write_atomic(clip.with_suffix(".json"), meta)
+        self.metrics.clips_saved.inc()
+        self.metrics.clips_bytes.set(used + size)
+        log.info("saved %s (%.1f s, %d bytes)", clip, sidecar["samples"] / SAMPLE_RATE, size)
+        return clip.relative_to(self.dir).as_posix()
+
+    def _stored(self) -> list[_Stored]:
+        """Clips and sidecars under dir, oldest first (a sidecar without its clip counts too)."""
+        found: dict[Path, list[tuple[Path, os.stat_result]]] = {}
+        for path in self.dir.glob("*/*"):
+            if path.name.startswith(".") or path.suffix not in (".json", ".flac", ".wav", ".ogg"):
+                continue
+            try:
+                found.setdefault(path.with_suffix(""), []).append((path, path.stat()))
+            except FileNotFoundError:  # deleted meanwhile
+                continue
+        stored = []
+        for stem, files in found.items():
+            size, mtime = sum(st.st_size for _, st in files), max(st.st_mtime for _, st in files)
+            stored.append(_Stored(stem, tuple(p for p, _ in files), size, mtime))
+        return sorted(stored, key=lambda s: (s.mtime, s.stem))
+
+    def _delete(self, old: _Stored, reason: str) -> bool:
+        try:
+            for path in old.files:
+                path.unlink(missing_ok=True)
+        except OSError as e:
+            log.error("cannot delete %s (%s): %s", old.stem, reason, e)
+            return False
+        self.metrics.clips_deleted.labels(reason).inc()
+        log.info("deleted %s (%s)", old.stem, reason)
+        return True
+
+    def _refused(self, reason: str, message: str) -> None:
+        self.metrics.clips_refused.labels(reason).inc()
+        log.warning("clip not saved: %s", message)
+
+
+def _safe(name: str) -> str:
+    """A file name part from a label or stream id: anything but [A-Za-z0-9_.-] becomes '-'."""
+    return _UNSAFE.sub("-", name).strip(".") or "-"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
