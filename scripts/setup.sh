@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 # tuxpaint's spoken descriptions + flite, festival and its voices: the spoof set (calm_core/devsets).
 # python3-venv: `python3 -m venv` with Debian's own python3.
 # haproxy: calls spread over two calmd through a real load balancer (tests/daemon/test_haproxy.py).
-# mosquitto: a real MQTT broker (and mosquitto_passwd) for the calm-mqtt bridge (tests/daemon/test_mqtt.py).
+# mosquitto, openssl: a real MQTT broker, with a password file and a test CA for TLS (tests/daemon/test_mqtt.py).
 DEBIAN_PACKAGES=(
     libsndfile1 ffmpeg libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins alsa-utils
     fluidsynth fluid-soundfont-gm espeak-ng
@@ -21,7 +21,7 @@ DEBIAN_PACKAGES=(
     flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts festvox-ca-ona-hts
     python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-plugins-base
     gstreamer1.0-plugins-good gstreamer1.0-tools systemd
-    python3-venv haproxy mosquitto
+    python3-venv haproxy mosquitto openssl
 )
 TORCH="torch==2.13.0"  # the CPU build on these machines; on a CUDA machine install the matching build first
 

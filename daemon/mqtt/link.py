@@ -78,6 +78,11 @@ class Link:
         """Connect and wait for the broker's answer; BrokerError names host:port and the reason."""
         try:
             self.client.connect(self.broker.host, self.broker.effective_port, self.broker.keepalive_s)
+        except ssl.SSLCertVerificationError as e:
+            raise BrokerError(
+                f"MQTT broker {self.where}: TLS handshake failed, certificate not trusted ({e.verify_message}); "
+                f"broker.tls.ca_certs must hold the CA that signed it (now {str(self.broker.tls.ca_certs)!r})"
+            ) from None
         except ssl.SSLError as e:
             raise BrokerError(f"MQTT broker {self.where}: TLS handshake failed ({e.reason or e})") from None
         except OSError as e:  # refused, unreachable, no such host, timeout

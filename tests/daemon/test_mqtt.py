@@ -527,3 +527,57 @@ def test_the_example_config_is_valid_and_bad_values_are_refused_naming_key_value
         capture_output=True, text=True, env=ENV, timeout=TIMEOUT,
     )  # fmt: skip
     assert proc.returncode == 2 and "topics.qos: Input should be less than or equal to 2 (got 5)" in proc.stderr
+
+
+# ---- TLS --------------------------------------------------------------------------------------------------
+def make_ca(root: Path, name: str) -> tuple[Path, Path]:
+    key, cert = root / f"{name}.key", root / f"{name}.crt"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "2", "-subj", f"/CN={name}"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return key, cert
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command (Debian: openssl)")
+def test_tls_with_a_self_signed_ca_connects_and_a_broker_from_another_ca_is_refused(tmp_path: Path) -> None:
+    ca_key, ca = make_ca(tmp_path, "calm-test-ca")
+    _, other_ca = make_ca(tmp_path, "other-ca")
+    key, csr, cert, ext = (tmp_path / f"server.{s}" for s in ("key", "csr", "crt", "ext"))
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    subprocess.run(
+        ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", "/CN=x"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    subprocess.run(
+        ["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+         "-out", str(cert), "-days", "2", "-extfile", str(ext)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    tls_port = free_port()
+    tls = f"listener {tls_port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
+    broker = Mosquitto(tmp_path, extra=tls + "allow_anonymous true\n")  # plus a plain listener for the observer
+    publisher = Publisher()
+    observer = Observer(broker.port)
+    try:
+        for trusted, expect in ((other_ca, "TLS handshake failed"), (ca, None)):
+            bridge = BridgeProcess(tmp_path, bridge_config(publisher.endpoint, tls_port), "--ca-certs", str(trusted))
+            if expect is not None:
+                code = bridge.proc.wait(TIMEOUT)
+                log = bridge.log()
+                bridge.stop()
+                assert code == 2 and f"MQTT broker 127.0.0.1:{tls_port}: {expect}" in log, log
+                assert "TLS handshake failed, certificate not trusted (" in log, log
+                assert f"broker.tls.ca_certs must hold the CA that signed it (now '{other_ca}')" in log, log
+                continue
+            try:
+                publisher.wait_subscribed()
+                publisher.send(status(0, {"kitchen": "live"}), label("kitchen", 0))
+                assert wait_for(lambda: observer.last("calm/kitchen/label"), TIMEOUT), bridge.log()
+            finally:
+                assert bridge.stop() == 0
+    finally:
+        observer.close()
+        publisher.close()
+        broker.stop()
