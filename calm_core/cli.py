@@ -1,4 +1,4 @@
-"""The `calm` command: fit, eval, classify, heads, demo."""
+"""The `calm` command: fit, add, eval, classify, heads, demo."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from .channels import CHANNELS, apply_channel
 from .classifier import ABSTAIN_MODES, PRESETS, RELIABILITY_FROM, CalmClassifier, CalmConfig
 from .errors import CalmError
 from .features import FeatureStore, default_cache_dir
+from .refit import FitRecord, clips_of, fit_classifier
 
 log = logging.getLogger("calm")
 
@@ -103,16 +104,20 @@ def cmd_fit(args: argparse.Namespace) -> int:
     val_feats = val_y = None
     if val:
         val_feats = store.extract([e.path for e in val], progress=not args.quiet, desc="validation")
-        val_y = torch.tensor(label_index(val, labels)[1])
-    clf = CalmClassifier.fit(
-        feats, torch.tensor(y), labels, backbone.layout, backbone.fingerprint, config, val_feats, val_y
-    )
-    clf.info["model_path"] = str(Path(args.model).expanduser().resolve()) if Path(args.model).exists() else args.model
-    clf.info["channel"] = args.channel
-    if args.positive is not None:
-        from .calibration import calibrate
-
-        clf.info["decision"] = calibrate(clf, feats, torch.tensor(y), args.positive, val_feats, val_y, args.calibrate)
+        val_y = label_index(val, labels)[1]
+    # What `calm add` needs to refit with these exact settings later.
+    record = FitRecord(
+        support=clips_of([e.path for e in support], [e.label for e in support]),
+        validation=clips_of([e.path for e in val], [e.label for e in val]) if val else (),
+        layers=backbone.loaded_layers, prompt=Path(args.prompt_file).read_text() if args.prompt_file else None,
+        device=args.device, cache_dir=None if args.no_cache else str(Path(args.cache_dir).expanduser().resolve()),
+        positive=args.positive, calibrate=args.calibrate,
+    )  # fmt: skip
+    model_path = str(Path(args.model).expanduser().resolve()) if Path(args.model).exists() else args.model
+    clf = fit_classifier(
+        feats, y, labels, backbone.layout, backbone.fingerprint, config, record, model_path, args.channel,
+        val_feats, val_y,
+    )  # fmt: skip
     clf.save(args.out)
     summary = {
         "classifier": str(args.out),
@@ -130,6 +135,38 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if "decision" in clf.info:
         summary["decision"] = clf.info["decision"]
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    from .refit import add_clips, format_add
+
+    clf = CalmClassifier.load(args.classifier)
+    record = FitRecord.from_info(clf.info, str(args.classifier))
+    model = args.model or str(clf.info.get("model_path") or "")
+    cache_dir = args.cache_dir or (Path(record.cache_dir) if record.cache_dir else default_cache_dir())
+
+    def open_backbone(load_layers: int) -> Backbone:
+        if not model:
+            raise CalmError(f"{args.classifier}: records no model path; pass --model")
+        precision = clf.fingerprint.components.get("precision")
+        options = LoadOptions(
+            device=args.device or record.device,
+            dtype=precision,  # type: ignore[arg-type]
+            prompt=record.prompt,
+            load_layers=load_layers,
+        )
+        return load_backbone(model, options)
+
+    t0 = time.perf_counter()
+    result = add_clips(
+        clf, args.clips, args.label, open_backbone=open_backbone, cache_dir=cache_dir, batch_size=args.batch_size,
+        source=str(args.classifier), model_path=model or None,
+    )  # fmt: skip
+    out = result.classifier.save(args.out or args.classifier)  # temp file + rename: a reload never sees half
+    seconds = time.perf_counter() - t0
+    summary = format_add(result, clf, out, seconds)
+    print(json.dumps(summary, indent=2) if args.json else summary["text"])
     return 0
 
 
@@ -336,6 +373,18 @@ def build_parser() -> argparse.ArgumentParser:
         "other class's held-out clips, e.g. far=0.01)",
     )  # fmt: skip
     fit.set_defaults(func=cmd_fit)
+
+    add = sub.add_parser("add", help="add reviewed clips to a class (new or existing) and refit from cached features")
+    add.add_argument("--classifier", required=True, type=Path, help="classifier file made by `calm fit`")
+    add.add_argument("--label", help="the class the clips belong to (an existing class or a new one)")
+    add.add_argument("clips", nargs="*", type=Path, help="audio files, e.g. saved detections (a .json beside is read)")
+    add.add_argument("--out", type=Path, help="write here instead of replacing the classifier file")
+    add.add_argument("--model", help="model folder (default: the one the classifier records)")
+    add.add_argument("--device", help="cpu, cuda or cuda:N for the new clips (default: the one it was fitted on)")
+    add.add_argument("--batch-size", type=int, default=4, help="clips per forward pass (default 4)")
+    add.add_argument("--cache-dir", type=Path, help="feature cache folder (default: the one it was fitted with)")
+    add.add_argument("--json", action="store_true", help="print one JSON object")
+    add.set_defaults(func=cmd_add)
 
     ev = sub.add_parser("eval", help="CALM and SAV accuracy, F1 and confusion on labelled clips")
     ev.add_argument("--classifier", required=True, type=Path)

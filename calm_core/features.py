@@ -21,6 +21,29 @@ def default_cache_dir() -> Path:
     return Path(base) / "calm" / "features"
 
 
+def cache_entry(cache_dir: Path, fingerprint_digest: str, content_sha256: str, channel: str = "none") -> Path:
+    """Where the features of a clip with this content live: found again from the digest alone, so a classifier
+    that records its clips' hashes can be refitted without the model or the clips (`calm add`)."""
+    suffix = "" if channel == "none" else f":{channel}"
+    key = hashlib.sha256(f"{fingerprint_digest}:{content_sha256}{suffix}".encode()).hexdigest()
+    return cache_dir / key[:2] / f"{key}.safetensors"
+
+
+def read_cached(entry: Path, depth: int) -> torch.Tensor | None:
+    """Cached (depth, H, D) features, or None when absent, torn or made with fewer layers."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not entry.is_file():
+        return None
+    try:
+        heads = load_file(str(entry))["heads"]
+    except (SafetensorError, OSError, KeyError):
+        entry.unlink(missing_ok=True)  # a torn write from an interrupted run: recompute
+        return None
+    return heads[:depth] if heads.shape[0] >= depth else None
+
+
 class FeatureStore:
     """Extracts (N, L, H, D) head features for files, reusing cached ones from earlier runs.
 
@@ -43,22 +66,10 @@ class FeatureStore:
     def _entry(self, path: Path) -> Path | None:
         if self.cache_dir is None:
             return None
-        channel = "" if self.channel == "none" else f":{self.channel}"
-        key = hashlib.sha256(f"{self.backbone.fingerprint.digest}:{file_sha256(path)}{channel}".encode()).hexdigest()
-        return self.cache_dir / key[:2] / f"{key}.safetensors"
+        return cache_entry(self.cache_dir, self.backbone.fingerprint.digest, file_sha256(path), self.channel)
 
     def _read(self, entry: Path | None, depth: int) -> torch.Tensor | None:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        if entry is None or not entry.is_file():
-            return None
-        try:
-            heads = load_file(str(entry))["heads"]
-        except (SafetensorError, OSError, KeyError):
-            entry.unlink(missing_ok=True)  # a torn write from an interrupted run: recompute
-            return None
-        return heads[:depth] if heads.shape[0] >= depth else None
+        return None if entry is None else read_cached(entry, depth)
 
     def _write(self, entry: Path | None, heads: torch.Tensor) -> None:
         from safetensors.torch import save_file
