@@ -5,12 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from .audioflamingo3 import AudioFlamingo3Backbone
 from .base import Backbone, HeadLayout, LoadOptions, load_backbone, resolve_model_dir
 from .qwen2_audio import Qwen2AudioBackbone
+from .voxtral import VoxtralBackbone
 from .whisper import WhisperBackbone
 
 ADAPTERS: dict[str, Callable[[Path, LoadOptions], Backbone]] = {
+    "audioflamingo3": AudioFlamingo3Backbone,
     "qwen2_audio": Qwen2AudioBackbone,
+    "voxtral": VoxtralBackbone,
     "whisper": WhisperBackbone,
 }
 

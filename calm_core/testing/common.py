@@ -1,0 +1,14 @@
+"""Pieces the tiny-model writers share."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def spread_weights(model: torch.nn.Module) -> None:
+    """Random init gives near-zero projections; rescale every matrix to unit gain so audio moves the heads."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 1.0 / np.sqrt(p.shape[-1]))
