@@ -3,6 +3,7 @@ and calmd saving the clip of each event it publishes."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -15,7 +16,7 @@ import pytest
 import soundfile as sf
 
 from calmd.clips import ClipRecorder
-from calmd.config import ClipsSection, ConfigError
+from calmd.config import ClipsSection, ConfigError, parse_config
 from calmd.detections import DetectionTracker, Edge
 from calmd.metrics import Metrics
 from calmd.sinks import StreamInfo
@@ -282,3 +283,24 @@ def test_end_events_carry_a_clip_that_exists_and_decodes(
         assert sidecar["label"] == end["label"] and sidecar["stream"] == "room"
         assert (sidecar["start_s"], sidecar["end_s"]) == pytest.approx((end["start_s"], end["time_s"]), abs=1e-3)
         assert np.abs(samples).max() > 0.05  # the voiced sound, not silence
+
+
+@pytest.mark.parametrize(
+    ("events", "clips", "message"),
+    [
+        ({"enabled": False}, {}, "clips.enabled needs events.enabled = true"),
+        ({"enabled": True, "end_after_s": 1.0}, {"post_roll_s": 1.5}, "post_roll_s (1.5) must not exceed events"),
+        ({"enabled": True}, {"format": "mp3"}, "clips.format: Input should be 'flac', 'wav' or 'ogg'"),
+        ({"enabled": True}, {"max_total_mb": 0}, "clips.max_total_mb: Input should be greater than 0"),
+        ({"enabled": True}, {"keep": 3}, "clips.keep: unknown key"),
+    ],
+)
+def test_bad_clips_settings_are_refused_naming_the_key(events: dict, clips: dict, message: str) -> None:
+    data = {
+        "model": {"path": "m", "classifier": "c.safetensors"},
+        "streams": [{"id": "s", "type": "file", "path": "a.wav"}],
+        "events": events,
+        "clips": {"enabled": True, **clips},
+    }
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config(data, "calmd.toml")

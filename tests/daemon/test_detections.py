@@ -1,10 +1,21 @@
 """Per-label rules: debounced edges computed by hand from labels and stream times."""
 
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
+from calm_core.classifier import CalmClassifier
+from calmd.client import Subscriber
 from calmd.config import ConfigError, EventsSection, parse_config
 from calmd.detections import Detections, DetectionTracker, check_rule_labels, rules_of
-from calmd.events import EdgeEvent, Event
+from calmd.events import EdgeEvent, Event, LabelEvent, StatusEvent
+
+from .conftest import ENV, endpoint_of, write_config
+from .test_signals import fit_variant, next_matching
 
 
 def tracker(**events) -> DetectionTracker:
@@ -149,3 +160,52 @@ def test_rule_labels_are_checked_against_the_classifier() -> None:
     check_rule_labels(events, ["dog", "glass-break"], "home")
     with pytest.raises(ValueError, match=r"'glass-break' not among the labels of classifier home \(dog, cat\)"):
         check_rule_labels(events, ["dog", "cat"], "home")
+
+
+def tone_config(tmp_path: Path, model: Path, classifier: Path, scene: Path, rules: str) -> Path:
+    return write_config(
+        tmp_path / "calmd.toml", model, classifier,
+        f'[[streams]]\nid = "room"\ntype = "file"\npath = "{scene}"\nloop = true\nrealtime = false\n',
+        extra=f"[events]\nenabled = true\n{rules}",
+    )  # fmt: skip
+
+
+def test_calmd_refuses_to_start_with_a_rule_for_a_label_the_classifier_lacks(
+    tmp_path: Path, tiny_model_dir, classifier_file, scene_wav
+) -> None:
+    rules = '[events.labels."glass-break"]\nmin_score = 0.8\n[events.labels.siren]\nconfirm_hits = 2\n'
+    config = tone_config(tmp_path, tiny_model_dir, classifier_file, scene_wav, rules)
+    proc = subprocess.run(
+        [sys.executable, "-m", "calmd", "--config", str(config)], capture_output=True, text=True, env=ENV, timeout=300
+    )
+    assert proc.returncode == 2, proc.stderr
+    labels = ", ".join(CalmClassifier.load(classifier_file).labels)
+    assert f"events.labels: 'glass-break' not among the labels of classifier tones ({labels})" in proc.stderr
+
+
+def test_sighup_refuses_a_classifier_without_a_label_that_has_a_rule(
+    tmp_path: Path, tiny_model_dir, classifier_file, backbone, tone_sets, scene_wav, daemon_factory
+) -> None:
+    support = tmp_path / "no-siren"
+    for name in ("hum", "beep", "whistle"):
+        shutil.copytree(tone_sets["support"] / name, support / name)
+    without_siren = fit_variant(backbone, {"support": support}, tmp_path / "no-siren.safetensors", top_k=4)
+    live = tmp_path / "live.calm.safetensors"
+    shutil.copy(classifier_file, live)
+    config = tone_config(tmp_path, tiny_model_dir, live, scene_wav, "[events.labels.siren]\nmin_score = 0.5\n")
+    original = CalmClassifier.load(classifier_file).fingerprint.digest
+    is_label = lambda e: isinstance(e, LabelEvent)  # noqa: E731
+    with Subscriber(endpoint_of(config)) as sub:
+        daemon = daemon_factory(config)
+        assert next_matching(sub, is_label, 180) is not None, daemon.stop()[1][-3000:]
+        shutil.copy(without_siren, live)
+        daemon.proc.send_signal(signal.SIGHUP)
+        refused = lambda e: isinstance(e, StatusEvent) and "'siren' not among the labels" in (e.error or "")  # noqa: E731
+        status = next_matching(sub, refused, 60)
+        label = next_matching(sub, is_label, 60)
+        code, log = daemon.stop()
+    assert status is not None and status.error.startswith("reload refused"), log[-3000:]
+    labels = ", ".join(CalmClassifier.load(without_siren).labels)
+    assert f"'siren' not among the labels of classifier live ({labels})" in status.error
+    assert label is not None and label.fingerprint == original  # the old classifier is still serving
+    assert code == 0, log[-3000:]
