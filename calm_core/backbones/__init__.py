@@ -8,12 +8,15 @@ from pathlib import Path
 from .audioflamingo3 import AudioFlamingo3Backbone
 from .base import Backbone, HeadLayout, LoadOptions, load_backbone, resolve_model_dir
 from .qwen2_audio import Qwen2AudioBackbone
+from .qwen_omni import Qwen2_5OmniBackbone
 from .voxtral import VoxtralBackbone
 from .whisper import WhisperBackbone
 
 ADAPTERS: dict[str, Callable[[Path, LoadOptions], Backbone]] = {
     "audioflamingo3": AudioFlamingo3Backbone,
     "qwen2_audio": Qwen2AudioBackbone,
+    "qwen2_5_omni": Qwen2_5OmniBackbone,  # a released checkpoint: only its thinker is loaded
+    "qwen2_5_omni_thinker": Qwen2_5OmniBackbone,
     "voxtral": VoxtralBackbone,
     "whisper": WhisperBackbone,
 }

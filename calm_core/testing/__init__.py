@@ -18,6 +18,7 @@ import numpy as np
 
 from .audioflamingo3 import make_tiny_audioflamingo3
 from .qwen2_audio import SPECIAL_TOKENS, make_tiny_qwen2_audio, tiny_tokenizer
+from .qwen_omni import make_tiny_qwen2_5_omni
 from .voxtral import make_tiny_voxtral
 
 # family -> writer(out_dir, n_layers=..., seed=...) -> Path; one entry per backbone family
@@ -25,6 +26,7 @@ TINY_FAMILIES: dict[str, Callable[..., Path]] = {
     "audioflamingo3": make_tiny_audioflamingo3,
     "qwen2_audio": make_tiny_qwen2_audio,
     "voxtral": make_tiny_voxtral,
+    "qwen2_5_omni": make_tiny_qwen2_5_omni,
 }
 
 def tone(freq: float, seconds: float = 1.0, sr: int = 16_000, *, noise: float = 0.05, seed: int = 0) -> np.ndarray:
@@ -87,6 +89,7 @@ __all__ = [
     "SPECIAL_TOKENS",
     "TINY_FAMILIES",
     "make_tiny_audioflamingo3",
+    "make_tiny_qwen2_5_omni",
     "make_tiny_qwen2_audio",
     "make_tiny_voxtral",
     "tiny_tokenizer",

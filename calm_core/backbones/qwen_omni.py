@@ -1,0 +1,145 @@
+"""Qwen2.5-Omni adapter: the thinker's audio encoder and language model only (no vision blocks, no
+vocabulary projection, no talker or token2wav), truncated loading and early exit at the deepest head.
+
+Two facts make the stock forward easy to match exactly for audio-only input:
+- the audio encoder already runs on valid frames only: the stock thinker drops the padded mel frames
+  (feature_attention_mask) before the encoder, which then works in independent windows of 2 * n_window
+  frames with block-diagonal attention. What the 30 s padded input costs is the 3000-frame log-mel,
+  which mel_valid_frames avoids (equal values, see qwen2_audio.py).
+- the multimodal (3-D) rotary positions of audio-only input are plain positions: get_rope_index only
+  builds 3-D positions when an image or video grid is given, otherwise all three axes are 0..n-1, which
+  is what the language model uses when given no position ids.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import AudioError, ModelLoadError
+from ..fingerprint import Fingerprint, canonical_json, sha256_text
+from .audio_lm import default_precision, quiet_transformers, text_layout, truncate_layers
+from .base import LoadOptions, feature_fingerprint, precision_kwargs, resolve_exit_layer
+from .decoder import PromptDecoder, split_prompt
+from .qwen2_audio import mel_valid_frames
+
+ADAPTER_VERSION = "qwen2_5_omni/1"
+AUDIO_PLACEHOLDER = "<|AUDIO|>"
+# Qwen's documented system prompt, which the model was tuned with (the model card warns that others
+# change its behaviour); a constant prefix, so its cost is paid once per model by a prefix cache.
+SYSTEM_PROMPT = (
+    "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, "
+    "capable of perceiving auditory and visual inputs, as well as generating text and speech."
+)
+# The chat template's rendering of [system, user: one audio] with the generation prompt.
+DEFAULT_PROMPT = (
+    f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n"
+    "<|im_start|>user\n<|audio_bos|><|AUDIO|><|audio_eos|><|im_end|>\n<|im_start|>assistant\n"
+)
+
+
+def omni_mel(feature_extractor: Any, clip: np.ndarray) -> torch.Tensor:
+    """The valid log-mel frames of a 16 kHz clip, as the stock thinker keeps them: (n_mels, ceil(n / hop))."""
+    mel, n_valid = mel_valid_frames(feature_extractor, clip)
+    if n_valid < 3:
+        raise AudioError(f"clip of {clip.size} samples is too short for the audio encoder")
+    return mel[:, :n_valid]
+
+
+def encode_audio(audio_tower: Any, mels: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Audio tokens of several clips in one encoder call: [(n_tokens_i, hidden)].
+
+    The encoder reads the clips' frames concatenated with their lengths, as the stock thinker
+    passes them; windows never span two clips, so each clip's tokens equal its own run.
+    """
+    weight = audio_tower.conv1.weight
+    lengths = torch.tensor([m.shape[-1] for m in mels])
+    frames = torch.cat(list(mels), dim=-1).to(device=weight.device, dtype=weight.dtype)  # (n_mels, sum T)
+    tokens = audio_tower(frames, feature_lens=lengths.to(weight.device)).last_hidden_state
+    _, n_tokens = audio_tower._get_feat_extract_output_lengths(lengths)
+    return list(tokens.split(n_tokens.tolist()))
+
+
+def thinker_of(config: Any) -> Any:
+    """The thinker's config: a released checkpoint nests it in `thinker_config`; a thinker saved alone is it."""
+    return getattr(config, "thinker_config", config)
+
+
+class Qwen2_5OmniBackbone:
+    """Head activations of the Qwen2.5-Omni thinker's language model at the last prompt token."""
+
+    name = "qwen2_5_omni"
+
+    def __init__(self, model_dir: Path, options: LoadOptions = LoadOptions()):
+        from transformers import AutoConfig, AutoTokenizer, Qwen2_5OmniThinkerModel, WhisperFeatureExtractor
+
+        self.model_dir = Path(model_dir)
+        self.device = torch.device(options.device)
+        try:
+            thinker = thinker_of(AutoConfig.from_pretrained(self.model_dir, local_files_only=True))
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"{self.model_dir}: unreadable Qwen2.5-Omni config.json ({e})") from e
+        on_disk = thinker.to_dict()
+        self.layout = text_layout(thinker.text_config)
+        thinker = copy.deepcopy(thinker)
+        self.loaded_layers = truncate_layers(thinker.text_config, self.layout.n_layers, options.load_layers)
+        thinker.vision_config.depth = 0  # the vision blocks are neither built nor read from disk
+        # NF4 on CUDA, fp32 on CPU; the audio encoder stays in the compute dtype, as for Qwen2-Audio.
+        precision = default_precision(options, self.device)
+        kwargs: dict[str, Any] = {"config": thinker, "local_files_only": True, "device_map": {"": self.device}}
+        kwargs.update(precision_kwargs(precision, self.device, ["audio_tower", "visual"]))
+        try:
+            with quiet_transformers():
+                self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
+                self.feature_extractor = WhisperFeatureExtractor.from_pretrained(self.model_dir, local_files_only=True)
+                # The base thinker has no lm_head; the talker's and token2wav's weights are skipped.
+                thinker_class: Any = Qwen2_5OmniThinkerModel
+                model, info = thinker_class.from_pretrained(self.model_dir, output_loading_info=True, **kwargs)
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"{self.model_dir}: could not load the Qwen2.5-Omni thinker ({e})") from e
+        if info["missing_keys"]:
+            missing = sorted(info["missing_keys"])
+            raise ModelLoadError(
+                f"{self.model_dir}: the weights lack {len(missing)} thinker tensors (e.g. {', '.join(missing[:3])}); "
+                "expected a Qwen2.5-Omni checkpoint or a thinker saved from one"
+            )
+        del model.visual  # its patch embedding and merger: audio-only input never reaches them
+        self.model = model.eval()
+        self.prompt = options.prompt or DEFAULT_PROMPT
+        prefix, suffix = split_prompt(self.tokenizer, self.prompt, AUDIO_PLACEHOLDER)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.audio_token_id = int(thinker.audio_token_id)
+        self.decoder = PromptDecoder(
+            self.model.language_model, prefix, suffix, self.audio_token_id, pad_id, self.device
+        )
+        self.fingerprint: Fingerprint = feature_fingerprint(
+            ADAPTER_VERSION,
+            on_disk,
+            self.model_dir,
+            precision,
+            self.prompt,
+            self.feature_extractor,
+            self.layout,
+            prompt_ids=sha256_text(canonical_json([prefix, suffix])),  # the tokenizer's reading of the prompt
+        )
+
+    @property
+    def text_layers(self) -> Any:
+        return self.model.language_model.layers
+
+    def audio_tokens(self, clips: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """Audio tokens of 16 kHz clips from their valid frames, one encoder call: [(n_tokens, hidden)]."""
+        return encode_audio(self.model.audio_tower, [omni_mel(self.feature_extractor, clip) for clip in clips])
+
+    @torch.inference_mode()
+    def head_activations(self, clips: Sequence[np.ndarray], exit_layer: int | None = None) -> torch.Tensor:
+        exit_layer = resolve_exit_layer(exit_layer, self.loaded_layers)
+        if not clips:
+            return torch.empty(0, exit_layer + 1, self.layout.n_heads, self.layout.head_dim)
+        out = self.decoder.heads(self.audio_tokens(clips), exit_layer)  # (B, L, H * D)
+        return out.view(len(clips), exit_layer + 1, self.layout.n_heads, self.layout.head_dim)
