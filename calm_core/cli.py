@@ -321,6 +321,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.workdir, quiet=args.quiet, tiny=args.tiny, live=args.live)
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    """Supported families, and the model folders here (given paths, Hugging Face cache, calm cache) calm can read."""
+    from .backbones import ADAPTERS
+    from .backbones.catalog import adapter_name, find_models
+
+    families = [{"model_type": t, "adapter": adapter_name(a)} for t, a in sorted(ADAPTERS.items())]
+    found = find_models(args.path)
+    supported = [m for m in found if m.model_type in ADAPTERS]
+    if args.json:
+        print(json.dumps({"families": families, "models": [m.to_dict() for m in supported]}, indent=2))
+        return 0
+    print("families (config.json model_type -> adapter):")
+    for family in families:
+        print(f"  {family['model_type']:<22} {family['adapter']}")
+    print("model folders:" if supported else "model folders: none found")
+    for m in supported:
+        heads = f"{m.layout.n_layers} layers x {m.layout.n_heads} heads" if m.layout else "heads unknown"
+        state = "usable" if m.usable else f"NOT usable: {m.problem}"
+        print(f"  {m.model_id or m.path}  [{m.model_type}, {heads}, {m.source}] {state}")
+        if m.model_id:
+            print(f"      {m.path}")
+    if len(found) > len(supported):
+        print(f"({len(found) - len(supported)} other model folders have no calm adapter)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="calm", description="Few-shot audio classification with CALM head voting.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -412,6 +438,14 @@ def build_parser() -> argparse.ArgumentParser:
     hd.add_argument("--classifier", required=True, type=Path)
     hd.add_argument("--out", required=True, type=Path, help="image file (.png, .svg, .pdf)")
     hd.set_defaults(func=cmd_heads)
+
+    mo = sub.add_parser("models", help="supported model families and the model folders here calm can read")
+    mo.add_argument(
+        "--path", action="append", default=[], type=Path,
+        help="also look in this folder (a model folder or a folder of them; repeatable)",
+    )  # fmt: skip
+    mo.add_argument("--json", action="store_true", help="print one JSON object")
+    mo.set_defaults(func=cmd_models)
 
     li = sub.add_parser("listen", help="print labels published by calmd")
     li.add_argument("--endpoint", default="tcp://127.0.0.1:5556")

@@ -89,7 +89,7 @@ class AudioLMBackbone:
     Subclasses name their model class and implement prompt_ids and audio_tokens.
     """
 
-    name: ClassVar[str]
+    name: str
     title: ClassVar[str]  # for messages, e.g. "Audio Flamingo 3"
     adapter_version: ClassVar[str]  # in the fingerprint: bump when the features change
     default_prompt: ClassVar[str]

@@ -68,12 +68,12 @@ def make_tiny_voxtral(
 ) -> Path:
     """Write a random-weight Voxtral (model, tekken.json, processor) to out_dir."""
     from transformers import (
-        MistralCommonBackend,
         VoxtralConfig,
         VoxtralForConditionalGeneration,
         VoxtralProcessor,
         WhisperFeatureExtractor,
     )
+    from transformers.tokenization_mistral_common import MistralCommonBackend
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
