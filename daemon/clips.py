@@ -18,6 +18,7 @@ import shutil
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,9 @@ class _Stored:
 class ClipRecorder(Sink):
     """Keeps each stream's recent audio and saves the clip of each ended event (see Service._detect)."""
 
-    def __init__(self, cfg: ClipsSection, end_after_s: float, metrics: Metrics):
+    def __init__(self, cfg: ClipsSection, end_after_s: float, metrics: Metrics, clock: Callable[[], float] = time.time):
         self.cfg = cfg
+        self.clock = clock  # wall clock: the age of the clips written from now on
         self.dir = cfg.dir
         self.metrics = metrics
         self.format, self.subtype = FORMATS[cfg.format]
@@ -94,7 +96,10 @@ class ClipRecorder(Sink):
         self.rings: dict[str, AudioRing] = {}
         self.rings_lock = threading.Lock()
         self._prepare_dir()
-        self.metrics.clips_bytes.set(sum(s.size for s in self._stored()))
+        # what is stored, by stem: scanned once, then kept up to date (a scan per clip costs ~70 ms per
+        # thousand clips); files others add under dir are counted from the next start
+        self.stored = self._scan()
+        self.metrics.clips_bytes.set(sum(s.size for s in self.stored.values()))
 
     def _prepare_dir(self) -> None:
         """Create the folder and prove it is writable: ConfigError naming it otherwise (at start-up)."""
@@ -168,7 +173,7 @@ class ClipRecorder(Sink):
 
     def _store(self, name: str, audio: bytes, sidecar: dict[str, Any]) -> str | None:
         quota = int(self.cfg.max_total_mb * 1e6)
-        stored = self._stored()
+        stored = sorted(self.stored.values(), key=lambda s: (s.mtime, s.stem))  # oldest first
         clip = self.dir / f"{name}.{self.cfg.format}"
         for n in range(1, 1000):  # two events of one label starting in the same millisecond
             if not clip.exists():
@@ -181,7 +186,7 @@ class ClipRecorder(Sink):
             self._refused("quota", f"{clip}: {size} bytes alone exceed clips.max_total_mb")
             return None
         if self.cfg.max_age_days is not None:
-            cutoff = time.time() - self.cfg.max_age_days * 86_400
+            cutoff = self.clock() - self.cfg.max_age_days * 86_400
             expired = [s for s in stored if s.mtime < cutoff]
             stored = [s for s in stored if s not in expired or not self._delete(s, "age")]
         used = sum(s.size for s in stored)
@@ -200,13 +205,15 @@ class ClipRecorder(Sink):
         clip.parent.mkdir(exist_ok=True)
         _write_atomic(clip, audio)
         _write_atomic(clip.with_suffix(".json"), meta)
+        stem = clip.with_suffix("")
+        self.stored[stem] = _Stored(stem, (clip, clip.with_suffix(".json")), size, self.clock())
         self.metrics.clips_saved.inc()
         self.metrics.clips_bytes.set(used + size)
         log.info("saved %s (%.1f s, %d bytes)", clip, sidecar["samples"] / SAMPLE_RATE, size)
         return clip.relative_to(self.dir).as_posix()
 
-    def _stored(self) -> list[_Stored]:
-        """Clips and sidecars under dir, oldest first (a sidecar without its clip counts too)."""
+    def _scan(self) -> dict[Path, _Stored]:
+        """Clips and sidecars under dir by stem (a sidecar without its clip counts too), aged by mtime."""
         found: dict[Path, list[tuple[Path, os.stat_result]]] = {}
         for path in self.dir.glob("*/*"):
             if path.name.startswith(".") or path.suffix not in (".json", ".flac", ".wav", ".ogg"):
@@ -215,11 +222,11 @@ class ClipRecorder(Sink):
                 found.setdefault(path.with_suffix(""), []).append((path, path.stat()))
             except FileNotFoundError:  # deleted meanwhile
                 continue
-        stored = []
+        stored = {}
         for stem, files in found.items():
             size, mtime = sum(st.st_size for _, st in files), max(st.st_mtime for _, st in files)
-            stored.append(_Stored(stem, tuple(p for p, _ in files), size, mtime))
-        return sorted(stored, key=lambda s: (s.mtime, s.stem))
+            stored[stem] = _Stored(stem, tuple(p for p, _ in files), size, mtime)
+        return stored
 
     def _delete(self, old: _Stored, reason: str) -> bool:
         try:
@@ -228,6 +235,7 @@ class ClipRecorder(Sink):
         except OSError as e:
             log.error("cannot delete %s (%s): %s", old.stem, reason, e)
             return False
+        self.stored.pop(old.stem, None)
         self.metrics.clips_deleted.labels(reason).inc()
         log.info("deleted %s (%s)", old.stem, reason)
         return True

@@ -138,9 +138,6 @@ def test_tiny_quota_deletes_the_oldest_first_and_is_never_exceeded(tmp_path: Pat
         rel = rec.save("door", event("dog", (n * 5.0, n * 5.0 + 2.0, 0.5)), T0, "home", "f" * 64)
         assert rel is not None
         saved.append(rel)
-        # mtimes decide age: spread them a second apart instead of waiting
-        for p in (tmp_path / "clips" / rel, (tmp_path / "clips" / rel).with_suffix(".json")):
-            os.utime(p, (T0 + n, T0 + n))
         assert stored_bytes(tmp_path / "clips") <= quota_mb * 1e6
     left = sorted(p.relative_to(tmp_path / "clips").as_posix() for p in (tmp_path / "clips").rglob("*.flac"))
     assert left == saved[-2:]
@@ -164,7 +161,23 @@ def test_a_clip_larger_than_the_quota_is_refused_and_nothing_is_deleted(tmp_path
 
 def test_clips_past_max_age_are_deleted_before_a_new_one_is_written(tmp_path: Path) -> None:
     metrics = Metrics()
-    rec = recorder(tmp_path, metrics, pre_roll_s=0.0, post_roll_s=0.0, max_age_days=7)
+    now = [time.time()]
+    cfg = ClipsSection(enabled=True, dir=tmp_path / "clips", min_free_mb=0, pre_roll_s=0, post_roll_s=0, max_age_days=7)
+    rec = ClipRecorder(cfg, end_after_s=3.0, metrics=metrics, clock=lambda: now[0])
+    feed(rec, "door", source_audio(20.0))
+    old = rec.save("door", event("dog", (0.0, 1.0, 0.5)), T0, "home", "f" * 64)
+    now[0] += 2 * 86_400
+    recent = rec.save("door", event("cat", (2.0, 3.0, 0.5)), T0, "home", "f" * 64)
+    assert old is not None and recent is not None
+    now[0] += 6 * 86_400  # old: 8 days, recent: 6
+    assert rec.save("door", event("dog", (4.0, 5.0, 0.5)), T0, "home", "f" * 64) is not None
+    assert not (tmp_path / "clips" / old).exists() and not (tmp_path / "clips" / old).with_suffix(".json").exists()
+    assert (tmp_path / "clips" / recent).exists()
+    assert value(metrics, "calm_clips_deleted_total", reason="age") == 1
+
+
+def test_after_a_restart_clips_are_aged_by_their_file_times(tmp_path: Path) -> None:
+    rec = recorder(tmp_path, pre_roll_s=0.0, post_roll_s=0.0)
     feed(rec, "door", source_audio(20.0))
     old = rec.save("door", event("dog", (0.0, 1.0, 0.5)), T0, "home", "f" * 64)
     recent = rec.save("door", event("cat", (2.0, 3.0, 0.5)), T0, "home", "f" * 64)
@@ -172,9 +185,12 @@ def test_clips_past_max_age_are_deleted_before_a_new_one_is_written(tmp_path: Pa
     eight_days_ago = time.time() - 8 * 86_400
     for p in ((tmp_path / "clips" / old), (tmp_path / "clips" / old).with_suffix(".json")):
         os.utime(p, (eight_days_ago, eight_days_ago))
-    assert rec.save("door", event("dog", (4.0, 5.0, 0.5)), T0, "home", "f" * 64) is not None
-    assert not (tmp_path / "clips" / old).exists() and not (tmp_path / "clips" / old).with_suffix(".json").exists()
-    assert (tmp_path / "clips" / recent).exists()
+    metrics = Metrics()
+    restarted = recorder(tmp_path, metrics, pre_roll_s=0.0, post_roll_s=0.0, max_age_days=7)
+    assert value(metrics, "calm_clips_bytes") == stored_bytes(tmp_path / "clips")
+    feed(restarted, "door", source_audio(20.0))
+    assert restarted.save("door", event("dog", (4.0, 5.0, 0.5)), T0, "home", "f" * 64) is not None
+    assert not (tmp_path / "clips" / old).exists() and (tmp_path / "clips" / recent).exists()
     assert value(metrics, "calm_clips_deleted_total", reason="age") == 1
 
 
