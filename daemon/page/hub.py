@@ -54,6 +54,12 @@ class Client:
             self.cond.notify()
             return True
 
+    def first(self, data: bytes) -> None:
+        """Put a message before every queued one (the snapshot its later messages follow)."""
+        with self.cond:
+            self.pending.appendleft(data)
+            self.cond.notify()
+
     def next(self, timeout_s: float) -> bytes | None:
         """The next message to send; b"" when none came within timeout_s; None once closed."""
         with self.cond:
@@ -149,10 +155,11 @@ class PageHub(Sink):
             if self.closed or len(self.clients) >= self.max_clients:
                 self.refused_clients += 1
                 return None
+            state = self._snapshot()  # copies of the containers; the messages in them are never changed
             client = Client(peer, kick)
-            client.offer(sse("state", self._snapshot()))
             self.clients.append(client)
-            return client
+        client.first(sse("state", state))  # encoded outside the lock: a big snapshot never holds up event()
+        return client
 
     def disconnect(self, client: Client) -> None:
         with self.lock:

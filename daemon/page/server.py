@@ -1,6 +1,6 @@
 """The live page's HTTP server: the standard library's ThreadingHTTPServer, one thread per connection.
 
-GET /             the page (static/index.html, app.js, style.css)
+GET /             the page (index.html, app.js, style.css beside this file)
 GET /api/state    JSON snapshot: last calm.status, last labels per stream, recent events, call verdicts
 GET /events       Server-Sent Events: `state` (the snapshot) first, then every message calmd publishes,
                   named by its kind (label, event, status, call), the data being the published JSON
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import socket
 import socketserver
 import threading
@@ -105,13 +106,15 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
 class PageServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # close() ends and joins the connection threads itself, with a bound
+    keepalive_s = KEEPALIVE_S
+    peer_check_s = PEER_CHECK_S
 
     def __init__(self, host: str, port: int, hub: PageHub, clips_dir: Path | None):
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.hub = hub
         self.clips_dir = clips_dir
-        static = resources.files("calmd.page") / "static"
-        self.static = {path: ((static / name).read_bytes(), ctype) for path, (name, ctype) in STATIC.items()}
+        files = resources.files("calmd.page")
+        self.static = {path: ((files / name).read_bytes(), ctype) for path, (name, ctype) in STATIC.items()}
         self.connections: dict[socket.socket, threading.Thread] = {}
         self.connections_lock = threading.Lock()
         super().__init__((host, port), PageHandler)
@@ -153,11 +156,10 @@ class PageServer(ThreadingHTTPServer):
 
 
 def _peer_closed(sock: socket.socket) -> bool:
-    """Whether the browser has closed its side: an EventSource never sends after its request."""
-    try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:
-        return False
+    """Whether the browser has closed its side: an EventSource sends nothing after its request, so the
+    socket turns readable only at its end. (select first: recv on a socket with a timeout would wait.)"""
+    readable, _, _ = select.select([sock], [], [], 0)
+    return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
 
 
 def _shut(sock: socket.socket) -> None:
@@ -240,13 +242,13 @@ class PageHandler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(f"retry: {RETRY_MS}\n\n".encode())
             quiet_since = time.monotonic()
-            while (data := client.next(PEER_CHECK_S)) is not None:
+            while (data := client.next(self.server.peer_check_s)) is not None:
                 if data:
                     self.wfile.write(data)
                     quiet_since = time.monotonic()
                 elif _peer_closed(sock):
                     return
-                elif time.monotonic() - quiet_since >= KEEPALIVE_S:
+                elif time.monotonic() - quiet_since >= self.server.keepalive_s:
                     self.wfile.write(KEEPALIVE)
                     quiet_since = time.monotonic()
         finally:
