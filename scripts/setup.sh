@@ -14,6 +14,7 @@ cd "$(dirname "$0")/.."
 # python3-venv: `python3 -m venv` with Debian's own python3.
 # haproxy: calls spread over two calmd through a real load balancer (tests/daemon/test_haproxy.py).
 # mosquitto, openssl: a real MQTT broker, with a password file and a test CA for TLS (tests/daemon/test_mqtt.py).
+# chromium + chromium-driver: the live page in a real headless browser (tests/daemon/test_page.py).
 DEBIAN_PACKAGES=(
     libsndfile1 ffmpeg libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins alsa-utils
     fluidsynth fluid-soundfont-gm espeak-ng
@@ -22,6 +23,7 @@ DEBIAN_PACKAGES=(
     python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-plugins-base
     gstreamer1.0-plugins-good gstreamer1.0-tools systemd
     python3-venv haproxy mosquitto openssl
+    chromium chromium-driver
 )
 TORCH="torch==2.13.0"  # the CPU build on these machines; on a CUDA machine install the matching build first
 

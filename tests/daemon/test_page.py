@@ -5,20 +5,25 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import socket
 import threading
+import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from calmd.client import Subscriber
 from calmd.config import ConfigError, PageSection, parse_config
 from calmd.events import CallEvent, CallLeg, EdgeEvent, LabelEvent, Scored, StatusEvent, StreamStatus
 from calmd.page import LivePage
 from calmd.page.hub import LABELS_PER_STREAM, QUEUE_MESSAGES
 
-from .conftest import wait_for
+from .conftest import endpoint_of, free_port, wait_for, write_config
 
 UTC = "2026-01-01T00:00:00.000Z"
 
@@ -89,6 +94,7 @@ class SseReader:
         self.sock.connect(("127.0.0.1", port))
         self.sock.sendall(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
         self.file = self.sock.makefile("rb")
+        self.comments = 0  # keepalives
         self.status_line = self.file.readline().decode()
         while self.file.readline() not in (b"\r\n", b""):  # headers
             pass
@@ -103,7 +109,9 @@ class SseReader:
                     return name, json.loads(data)
                 continue
             field, _, value = line.partition(": ")
-            if field == "event":
+            if field == "":
+                self.comments += 1
+            elif field == "event":
                 name = value
             elif field == "data":
                 data = value
@@ -188,6 +196,22 @@ def test_events_stream_starts_with_the_state_then_sends_each_published_message_n
         assert received == [("label", sent[0].to_json()), ("event", sent[1].to_json()),
                             ("status", sent[2].to_json()), ("call", sent[3].to_json())]  # fmt: skip
         assert received[0][1]["schema"] == "calm.label/1"
+    finally:
+        reader.close()
+
+
+def test_a_quiet_stream_stays_open_with_keepalives_and_still_delivers(page: LivePage) -> None:
+    page.server.keepalive_s, page.server.peer_check_s = 0.3, 0.05  # many peer checks and keepalives, quickly
+    reader = SseReader(page.server.server_port)
+    try:
+        assert reader.next() is not None  # the state
+        done = threading.Event()
+        got: list[Any] = []
+        thread = threading.Thread(target=lambda: (got.append(reader.next()), done.set()), daemon=True)
+        thread.start()
+        assert wait_for(lambda: reader.comments >= 3, timeout=60)  # three keepalives: ~1 s of quiet
+        page.hub.event(label("door", 4))
+        assert done.wait(60) and got == [("label", label("door", 4).to_json())]
     finally:
         reader.close()
 
@@ -326,3 +350,147 @@ def test_without_a_clips_folder_no_clip_is_served(tmp_path: Path) -> None:
         assert code == 404 and b"[clips] enabled = false" in body
     finally:
         live.close()
+
+
+# ---- in a real browser ---------------------------------------------------------------------------------
+
+PAGE_WAIT_S = 120  # bounds a hang only: every wait below ends as soon as the page shows what it waits for
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's chromium, headless, driven by its chromedriver through selenium."""
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium is None or driver_path is None:
+        pytest.skip("needs Debian's chromium and chromium-driver (scripts/setup.sh installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900",
+                "--autoplay-policy=no-user-gesture-required", "--no-first-run", "--disable-extensions"):  # fmt: skip
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(driver_path))
+    yield driver
+    driver.quit()
+
+
+def shown(browser: Any, script: str, *args: Any) -> Any:
+    """Wait until a snippet of JavaScript run in the page returns something truthy, and return it."""
+    return wait_for(lambda: browser.execute_script(script, *args), timeout=PAGE_WAIT_S, interval=0.1)
+
+
+LABEL_ROW = """
+const card = [...document.querySelectorAll("article.stream")].find((c) => c.dataset.stream === arguments[0]);
+const row = card && [...card.querySelectorAll("ol.labels li")].find((li) => li.dataset.seq === String(arguments[1]));
+return row ? [...row.querySelectorAll("span")].map((s) => s.textContent) : null;
+"""
+PLAY = """
+const [stream, seq, done] = arguments;
+const row = [...document.querySelectorAll("#events tr")].find((r) => r.dataset.stream === stream
+                                                                   && r.dataset.seq === String(seq));
+const audio = row.querySelector("audio");
+audio.addEventListener("ended", () => done({ended: true, time: audio.currentTime, src: audio.src}));
+audio.play().then(() => {
+  const poll = () => audio.currentTime > 0.25 ? done({ended: false, time: audio.currentTime, src: audio.src})
+                                              : setTimeout(poll, 50);
+  poll();
+}, (error) => done({error: String(error)}));
+"""
+
+
+def screenshot(browser: Any, path: Path, record_property: Any) -> None:
+    browser.save_screenshot(str(path))
+    print(f"screenshot: {path}")
+    record_property("screenshot", str(path))
+
+
+def test_the_page_shows_text_as_text_never_as_markup(browser: Any, tmp_path: Path) -> None:
+    live = LivePage(PageSection(enabled=True, port=0), tmp_path)
+    live.start()
+    try:
+        hostile = "<img src=x onerror=\"document.title='pwned'\">"
+        live.hub.event(status({"door": "live"}))
+        live.hub.event(label("door", 0, name=hostile))
+        live.hub.event(edge("door", 0, "start"))
+        browser.get(live.url)
+        assert shown(browser, LABEL_ROW, "door", 0) is not None
+        assert browser.execute_script("return document.querySelector('.current-label').textContent") == hostile
+        assert browser.execute_script("return document.querySelectorAll('main img').length") == 0
+        assert browser.title == "calmd"
+    finally:
+        live.close()
+
+
+def test_the_page_reconnects_by_itself_and_shows_what_came_after(browser: Any, tmp_path: Path) -> None:
+    first = LivePage(PageSection(enabled=True, port=0), tmp_path)
+    first.start()
+    port = first.server.server_port
+    try:
+        browser.get(first.url)
+        first.hub.event(label("door", 0))
+        assert shown(browser, LABEL_ROW, "door", 0)
+    finally:
+        first.close()
+    assert shown(browser, "return document.getElementById('connection').textContent !== 'live'")
+    second = LivePage(PageSection(enabled=True, port=port), tmp_path)  # calmd restarted on the same port
+    second.start()
+    try:
+        second.hub.event(label("door", 7, name="siren"))
+        assert shown(browser, LABEL_ROW, "door", 7)[1] == "siren"
+        assert browser.execute_script("return document.getElementById('connection').textContent") == "live"
+    finally:
+        second.close()
+
+
+def test_calmd_page_shows_the_label_calmd_just_published_and_plays_its_saved_clip(
+    tmp_path: Path, tiny_model_dir, classifier_file, scene_wav, daemon_factory, browser: Any, record_property: Any
+) -> None:
+    clips = tmp_path / "clips"
+    port = free_port()
+    extra = (
+        "[events]\nenabled = true\nend_after_s = 1.0\n\n"
+        f'[clips]\nenabled = true\ndir = "{clips}"\npre_roll_s = 0.5\npost_roll_s = 0.5\nmin_free_mb = 0\n\n'
+        f"[page]\nenabled = true\nport = {port}\n"
+    )
+    config = write_config(
+        tmp_path / "calmd.toml", tiny_model_dir, classifier_file,
+        f'[[streams]]\nid = "room"\ntype = "file"\npath = "{scene_wav}"\nloop = true\nrealtime = true\n', extra,
+    )  # fmt: skip
+    with Subscriber(endpoint_of(config), ["room"], events=True) as sub:
+        daemon = daemon_factory(config)
+        url = f"http://127.0.0.1:{port}/"
+        assert wait_for(lambda: _healthy(url), timeout=PAGE_WAIT_S), daemon.log()
+        browser.get(url)
+        published = None
+        ended = None
+        deadline = time.monotonic() + 300  # bounds a hang: a clip needs one sound and end_after_s of quiet
+        while time.monotonic() < deadline and (published is None or ended is None):
+            message = sub.receive(timeout_s=0.5)
+            if isinstance(message, LabelEvent) and published is None:
+                published = message
+            if isinstance(message, EdgeEvent) and message.kind == "end" and message.clip:
+                ended = message
+        assert published is not None and ended is not None, daemon.log()
+        # the label calmd published over ZeroMQ is on the page, with its score
+        row = shown(browser, LABEL_ROW, "room", published.seq)
+        assert row is not None and row[1:3] == [published.label, f"{published.score:.3f}"], (row, published)
+        # the event with its saved clip is listed, and the clip plays in the browser
+        assert shown(browser, "return document.querySelector('#events audio') !== null")
+        played = browser.execute_async_script(PLAY, "room", ended.seq)
+        assert "error" not in played and (played["ended"] or played["time"] > 0.25), played
+        assert played["src"] == url + "clips/" + urllib.parse.quote(ended.clip)
+        assert (clips / ended.clip).is_file()
+        screenshot(browser, tmp_path / "page.png", record_property)
+        code, log = daemon.stop()
+    assert code == 0, log
+    assert "live page on http://127.0.0.1:" in log
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "healthz", timeout=5) as response:
+            return bool(json.loads(response.read())["ok"])
+    except OSError:
+        return False
