@@ -359,7 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--support", required=True, help="folder with one sub-folder per class, or a JSON/CSV manifest")
     fit.add_argument("--val", help="validation clips for reliability (default: leave-one-out over the support)")
     fit.add_argument("--out", required=True, type=Path, help="classifier file to write (.safetensors)")
-    fit.add_argument("--prompt-file", help="text prompt with <|AUDIO|> where the audio goes")
+    fit.add_argument(
+        "--prompt-file",
+        help="text prompt with the audio placeholder where the audio goes: <|AUDIO|> (Qwen2-Audio), "
+        "<sound> (Audio Flamingo 3), [AUDIO] (Voxtral)",
+    )
     fit.add_argument(
         "--preset", choices=sorted(PRESETS), default="calm",
         help="calm (default), paper (the paper's exact recipe) or calm-0.1 (0.1's default); options override it",
