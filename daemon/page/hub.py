@@ -96,12 +96,13 @@ class PageHub(Sink):
     # ---- the pipeline's side ---------------------------------------------------------------------
     def event(self, event: Event) -> None:
         message = event.to_json()
-        data = sse(kind(message), message)
         with self.lock:
             self.messages += 1
             self._remember(event, message)
-            slow = [c for c in self.clients if not c.offer(data)]
-            for client in slow:
+            if not self.clients:  # nobody watching: no need to encode
+                return
+            data = sse(kind(message), message)
+            for client in [c for c in self.clients if not c.offer(data)]:
                 self._drop(client)
 
     def _remember(self, event: Event, message: dict[str, Any]) -> None:
