@@ -486,6 +486,7 @@ def test_calmd_page_shows_the_label_calmd_just_published_and_plays_its_saved_cli
         code, log = daemon.stop()
     assert code == 0, log
     assert "live page on http://127.0.0.1:" in log
+    assert "still running at exit" not in log  # the page's threads ended with calmd
 
 
 def _healthy(url: str) -> bool:
@@ -494,3 +495,22 @@ def _healthy(url: str) -> bool:
             return bool(json.loads(response.read())["ok"])
     except OSError:
         return False
+
+
+def test_calmd_with_its_page_port_taken_exits_2_naming_the_page(
+    tmp_path: Path, tiny_model_dir, classifier_file, scene_wav, daemon_factory
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(
+            tmp_path / "calmd.toml", tiny_model_dir, classifier_file,
+            f'[[streams]]\nid = "room"\ntype = "file"\npath = "{scene_wav}"\n',
+            f"[page]\nenabled = true\nport = {port}\n",
+        )  # fmt: skip
+        daemon = daemon_factory(config)
+        daemon.proc.wait(timeout=300)
+        code, log = daemon.stop()
+    assert code == 2, log
+    assert f"page: cannot serve on 127.0.0.1:{port}" in log
