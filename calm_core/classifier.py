@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import stat
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -282,7 +284,8 @@ class CalmClassifier:
         }
         tmp = path.with_name(path.name + ".tmp")
         save_file(tensors, str(tmp), metadata={"calm": json.dumps(meta)})
-        tmp.replace(path)
+        _keep_access(path, tmp)
+        tmp.replace(path)  # atomic: a service reloading the file reads the old one or the new one, never half
         return path
 
     @classmethod
@@ -365,6 +368,37 @@ class CalmClassifier:
             abstain_threshold=None if threshold is None else float(threshold),
             info=dict(meta.get("info", {})),
         )
+
+
+def _keep_access(old: Path, new: Path) -> None:
+    """Give new the mode and owner of the file it replaces (a classifier that calmd's user reads must stay
+    readable to it after `calm add`); a new file gets the usual mode under the umask (safetensors writes 0600)."""
+    try:
+        st = old.stat()
+    except FileNotFoundError:
+        os.chmod(new, 0o666 & ~_umask())
+        return
+    os.chmod(new, stat.S_IMODE(st.st_mode))
+    if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+        try:
+            os.chown(new, st.st_uid, st.st_gid)
+        except PermissionError:
+            log.warning("%s: could not keep its owner %d:%d (not permitted); it is now owned by %d:%d",
+                        old, st.st_uid, st.st_gid, os.geteuid(), os.getegid())  # fmt: skip
+
+
+def _umask() -> int:
+    """The process umask, read without setting it (os.umask sets it process-wide, for every thread) where Linux
+    tells it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 def _safetensors_metadata(data: bytes) -> dict[str, str]:

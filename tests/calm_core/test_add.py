@@ -1,7 +1,9 @@
 """`calm add`: reviewed clips into a class and a refit from cached features, as a real subprocess on the tiny model."""
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -209,3 +211,26 @@ def test_a_classifier_without_a_support_record_is_refused_with_the_fix(fitted, b
     with pytest.raises(DatasetError, match="no such audio file"):
         add_clips(CalmClassifier.load(out), [tmp_path / "nope.wav"], "hum", open_backbone=counting(backbone, [], []),
                   cache_dir=cache)  # fmt: skip
+
+
+def test_replacing_in_place_keeps_the_files_mode_and_owner(fitted, tmp_path) -> None:
+    """calmd runs as its own user: the file it reads must stay readable to it after `calm add` replaces it."""
+    out, _ = fitted
+    live = tmp_path / "live.calm.safetensors"
+    shutil.copy(out, live)
+    os.chmod(live, 0o640)
+    owner = (65534, 65534) if os.geteuid() == 0 else (os.geteuid(), os.getegid())  # nobody, where root may
+    os.chown(live, *owner)
+    before = live.stat().st_ino
+    calm("add", "--classifier", str(live))
+    st = live.stat()
+    assert st.st_ino != before  # a new file renamed over the old one, not the old one rewritten
+    assert stat.S_IMODE(st.st_mode) == 0o640 and (st.st_uid, st.st_gid) == owner
+    assert [p.name for p in tmp_path.iterdir()] == [live.name]  # no temporary file left behind
+    same_classifier(CalmClassifier.load(out), CalmClassifier.load(live))
+
+    fresh = tmp_path / "fresh.calm.safetensors"  # a new file: the usual mode under the umask, not 0600
+    calm("add", "--classifier", str(live), "--out", str(fresh))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o666 & ~umask
