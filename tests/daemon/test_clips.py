@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import jsonschema
@@ -15,13 +16,17 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from calmd.client import Subscriber
 from calmd.clips import ClipRecorder
 from calmd.config import ClipsSection, ConfigError, parse_config
 from calmd.detections import DetectionTracker, Edge
+from calmd.events import EdgeEvent, StatusEvent
 from calmd.metrics import Metrics
 from calmd.sinks import StreamInfo
 
-from .conftest import ENV, endpoint_of, schema, wait_for, write_config
+from .conftest import ENV, endpoint_of, free_port, schema, wait_for, write_config
+from .test_signals import next_matching
+from .test_telephony import audiosocket_call, call_audio
 
 SR = 16_000
 T0 = 1_795_000_000.0  # wall clock of stream time 0: 2026-11-18T11:06:40Z
@@ -320,3 +325,38 @@ def test_bad_clips_settings_are_refused_naming_the_key(events: dict, clips: dict
     }
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse_config(data, "calmd.toml")
+
+
+def test_a_call_that_hangs_up_mid_event_ends_it_with_its_clip(
+    tmp_path: Path, tiny_model_dir, classifier_file, daemon_factory
+) -> None:
+    # end_after_s is longer than the call: only the hangup can end the event, after the call's last label
+    port = free_port()
+    clips = tmp_path / "clips"
+    config = write_config(
+        tmp_path / "calmd.toml", tiny_model_dir, classifier_file,
+        '[calls]\npositive = "beep"\n' f"[listeners.audiosocket]\nport = {port}\n",
+        extra=(
+            "[events]\nenabled = true\nend_after_s = 60\n"
+            f'[clips]\nenabled = true\ndir = "{clips}"\npre_roll_s = 1.0\npost_roll_s = 5.0\nmin_free_mb = 0\n'
+        ),
+    )  # fmt: skip
+    with Subscriber(endpoint_of(config), events=True) as sub:
+        daemon = daemon_factory(config)
+        # the first status shows the subscription is through: nothing calmd sends after it is lost
+        assert next_matching(sub, lambda e: isinstance(e, StatusEvent), 300) is not None, daemon.stop()[1][-3000:]
+        audio = call_audio(1)  # 1.2 s of silence, 0.8 s of voice, 0.6 s of silence: 2.6 s
+        call = uuid.UUID(int=7)
+        audiosocket_call(port, call, audio, kind=0x12, rate=16000)
+        end = next_matching(sub, lambda e: isinstance(e, EdgeEvent) and e.kind == "end", 300)
+        code, log = daemon.stop()
+    assert end is not None, log[-3000:]
+    assert end.stream == str(call) and end.clip is not None and end.clip.startswith(f"{call}/")
+    samples, _ = sf.read(clips / end.clip, dtype="float32")
+    sidecar = json.loads((clips / end.clip).with_suffix(".json").read_text())
+    # from a second before the segment to the end of the call: the post-roll is what the call still had
+    first = round(sidecar["clip_start_s"] * SR)
+    assert first == max(0, round((end.start_s - 1.0) * SR)) and sidecar["clip_end_s"] == 2.6
+    # the call's 16-bit PCM and the clip's 16-bit FLAC each round once
+    np.testing.assert_allclose(samples, audio[first:], atol=2 / 32768)
+    assert code == 0, log[-3000:]
