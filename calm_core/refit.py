@@ -174,7 +174,8 @@ def new_clips(
                     f"{label!r}; a clip belongs to one class (to move it, refit with `calm fit`)"
                 )
             twice = "given twice" if other in added else f"already in {label!r}"
-            skipped.append(f"{path}: {twice} (same content as {other.path}); not added twice")
+            same = "" if other.path == clip.path else f" (same content as {other.path})"
+            skipped.append(f"{path}: {twice}{same}; not added twice")
             continue
         known[clip.sha256] = clip
         added.append(clip)
@@ -306,7 +307,7 @@ def format_add(result: AddResult, old: CalmClassifier, out: Path, seconds: float
     lines += result.skipped + result.notes
     lines.append(
         f"features: {result.from_cache} clips from the cache, {result.computed} through the model; "
-        f"refitted in {seconds:.1f} s"
+        f"done in {seconds:.1f} s"
     )
     lines.append(f"wrote {out} (exit layer {new.exit_layer}, was {old.exit_layer})")
     if new.exit_layer > old.exit_layer:
