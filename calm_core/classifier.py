@@ -282,7 +282,7 @@ class CalmClassifier:
             "weights": self.weights.float().contiguous(),
             "sav": self.sav.to(torch.int64).contiguous(),
         }
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: two writers never share one
         save_file(tensors, str(tmp), metadata={"calm": json.dumps(meta)})
         _keep_access(path, tmp)
         tmp.replace(path)  # atomic: a service reloading the file reads the old one or the new one, never half
