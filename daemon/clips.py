@@ -79,10 +79,18 @@ class _Stored:
 
 
 class ClipRecorder(Sink):
-    """Keeps each stream's recent audio and saves the clip of each ended event (see Service._detect)."""
+    """Keeps each stream's recent audio and saves the clip of each ended event (see detections.Detections)."""
 
-    def __init__(self, cfg: ClipsSection, end_after_s: float, metrics: Metrics, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        cfg: ClipsSection,
+        end_after_s: float,
+        metrics: Metrics,
+        classifier: Callable[[], tuple[str, str]],  # the name and fingerprint of the classifier now serving
+        clock: Callable[[], float] = time.time,
+    ):
         self.cfg = cfg
+        self.classifier = classifier
         self.clock = clock  # wall clock: the age of the clips written from now on
         self.dir = cfg.dir
         self.metrics = metrics
@@ -126,7 +134,7 @@ class ClipRecorder(Sink):
             self.rings.pop(info.stream, None)
 
     # ---- saving ----------------------------------------------------------------------------------
-    def save(self, stream: str, edge: Edge, t0_wall: float, classifier: str, fingerprint: str) -> str | None:
+    def save(self, stream: str, edge: Edge, t0_wall: float) -> str | None:
         """Write the clip of an ended event; its path relative to dir, or None (counted and logged)."""
         ring = self.rings.get(stream)
         if ring is None:
@@ -142,6 +150,7 @@ class ClipRecorder(Sink):
         clip_start_s, clip_end_s = first / SAMPLE_RATE, (first + samples.size) / SAMPLE_RATE
         stamp = utc_iso(t0_wall + edge.start_s).replace("-", "").replace(":", "")  # 20261124T064001.123Z
         name = f"{_safe(stream)}/{stamp}_{_safe(edge.label)}"
+        classifier, fingerprint = self.classifier()
         try:
             audio = io.BytesIO()
             sf.write(audio, samples, SAMPLE_RATE, format=self.format, subtype=self.subtype)
@@ -204,7 +213,11 @@ class ClipRecorder(Sink):
             return None
         clip.parent.mkdir(exist_ok=True)
         _write_atomic(clip, audio)
-        _write_atomic(clip.with_suffix(".json"), meta)
+        try:
+            _write_atomic(clip.with_suffix(".json"), meta)
+        except OSError:
+            clip.unlink(missing_ok=True)  # no clip without its sidecar
+            raise
         stem = clip.with_suffix("")
         self.stored[stem] = _Stored(stem, (clip, clip.with_suffix(".json")), size, self.clock())
         self.metrics.clips_saved.inc()
@@ -236,6 +249,7 @@ class ClipRecorder(Sink):
             log.error("cannot delete %s (%s): %s", old.stem, reason, e)
             return False
         self.stored.pop(old.stem, None)
+        self.metrics.clips_bytes.set(sum(s.size for s in self.stored.values()))
         self.metrics.clips_deleted.labels(reason).inc()
         log.info("deleted %s (%s)", old.stem, reason)
         return True

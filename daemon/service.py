@@ -20,7 +20,7 @@ from calm_core.errors import CalmError
 from .calls import CallAggregator, Policy, decision_policy
 from .clips import ClipRecorder
 from .config import DaemonConfig
-from .detections import Detections, Edge, check_rule_labels
+from .detections import Detections, check_rule_labels
 from .events import Event, LabelEvent, Scored, StatusEvent, StreamStatus, utc_iso
 from .metrics import Metrics
 from .publisher import Publisher
@@ -61,10 +61,11 @@ class Service:
         self.sources: list[Source] = []
         self.listeners: list[Any] = []  # telephony listeners: each opens streams through open_stream()
         self.sinks: list[Sink] = []  # consumers of labels and stream lifecycles beside the publisher
-        self.clips = ClipRecorder(cfg.clips, cfg.events.end_after_s, self.metrics) if cfg.clips.enabled else None
-        if self.clips is not None:  # a sink for the audio; asked for each ended event's clip
-            self.sinks.append(self.clips)
-        self.detections = Detections(cfg.events, self.emit, self._save_clip if self.clips is not None else None)
+        clips = None
+        if cfg.clips.enabled:  # a sink for the audio, asked for each ended event's clip
+            clips = ClipRecorder(cfg.clips, cfg.events.end_after_s, self.metrics, self._classifier)
+            self.sinks.append(clips)
+        self.detections = Detections(cfg.events, self.emit, clips.save if clips else None)
         self.page: Any = None  # the live page (calmd.page.LivePage) when [page] is enabled
         self.ended: dict[str, tuple[float, StreamStatus]] = {}  # listener streams retired lately, for status
         self.stopping = threading.Event()
@@ -107,10 +108,8 @@ class Service:
             )
         return Model(backbone, clf, name, policy=policy)
 
-    def _save_clip(self, stream: str, edge: Edge, t0_wall: float) -> str | None:
-        assert self.clips is not None
-        model = self.model
-        return self.clips.save(stream, edge, t0_wall, model.name, model.classifier.fingerprint.digest)
+    def _classifier(self) -> tuple[str, str]:
+        return self.model.name, self.model.classifier.fingerprint.digest
 
     def call_policy(self) -> Policy:
         policy = self.model.policy
