@@ -232,15 +232,27 @@ def bench_faster(name: str, device: str = "cpu", repeats: int = 7) -> dict[str, 
         d = bb.decoder
         one = [bb.audio_tokens(clips[2])]
         tokens = {"prefix": len(d.prefix_ids), "audio": int(one[0].shape[0]), "suffix": len(d.suffix_ids)}
-        batch = bb.batch_audio_tokens(clips)
+        from calm_core.backbones.qwen2_audio import encode_valid_frames_batch, mel_valid_frames
+
+        mels = [mel_valid_frames(bb.feature_extractor, c) for c in clips]
+        padded = encode_valid_frames_batch(bb.model.audio_tower, bb.model.multi_modal_projector, mels)
         singles = [bb.audio_tokens(c) for c in clips]
         add(
             "audio encoder, 8 clips of 0.7-3.1 s",
             "one padded, masked batch",
             "one clip at a time",
-            lambda: bb.batch_audio_tokens(clips),
+            lambda: encode_valid_frames_batch(bb.model.audio_tower, bb.model.multi_modal_projector, mels),
             lambda: [bb.audio_tokens(c) for c in clips],
-            max(gap(x, y) for x, y in zip(batch, singles, strict=True)),
+            max(gap(x, y) for x, y in zip(padded, singles, strict=True)),
+        )
+        same = [voiced(float(110 + 30 * i), 2.0, seed=i) for i in range(8)]
+        add(
+            "audio encoder, 8 clips of 2 s",
+            "batch_audio_tokens (equal lengths: one batch)",
+            "one clip at a time",
+            lambda: bb.batch_audio_tokens(same),
+            lambda: [bb.audio_tokens(c) for c in same],
+            max(gap(x, bb.audio_tokens(c)) for x, c in zip(bb.batch_audio_tokens(same), same, strict=True)),
         )
         for e in sorted({0, n // 2 - 1, n - 1}):
             plain = d.heads(one, e, prefix_cache=False, last_token_exit=False)
@@ -265,13 +277,13 @@ def bench_faster(name: str, device: str = "cpu", repeats: int = 7) -> dict[str, 
                 **tokens,
             )
         e = n // 2 - 1
-        fast = bb.head_activations(clips, exit_layer=e).flatten(2)
+        fast = d.heads(bb.batch_audio_tokens(clips), e, prefix_cache=True, last_token_exit=True)
         slow = torch.cat([d.heads([t], e, prefix_cache=False, last_token_exit=False) for t in singles])
         add(
             f"all three, 8 clips, exit layer {e}",
-            "defaults",
+            "batch_audio_tokens, prefix cache, last token",
             "plain, one clip at a time",
-            lambda: bb.head_activations(clips, exit_layer=e),
+            lambda: d.heads(bb.batch_audio_tokens(clips), e, prefix_cache=True, last_token_exit=True),
             lambda: [d.heads([bb.audio_tokens(c)], e, prefix_cache=False, last_token_exit=False) for c in clips],
             gap(fast, slow),
         )

@@ -27,8 +27,8 @@ def plain(backbone, audio) -> torch.Tensor:
         return backbone.decoder.heads(audio, backbone.loaded_layers - 1, prefix_cache=False, last_token_exit=False)
 
 
-def test_the_defaults_are_the_fast_paths(backbone) -> None:
-    assert backbone.decoder.prefix_cache and backbone.decoder.last_token_exit
+def test_the_prefix_cache_is_on_and_last_token_read_out_available(backbone) -> None:
+    assert backbone.decoder.prefix_cache and not backbone.decoder.last_token_exit
     assert all(backbone.decoder.last_token_ready(i) for i in range(backbone.loaded_layers))
 
 
@@ -80,7 +80,7 @@ def test_last_token_exit_stops_before_the_exit_layer_runs(backbone, audio) -> No
     hooks = [layer.register_forward_hook(lambda *_: ran.append(1)) for layer in backbone.text_layers]
     try:
         with torch.inference_mode():
-            backbone.decoder.heads(audio, 2)
+            backbone.decoder.heads(audio, 2, last_token_exit=True)
     finally:
         for h in hooks:
             h.remove()
@@ -111,7 +111,7 @@ def test_both_speed_ups_hold_on_other_decoder_families(family: str) -> None:
     with torch.inference_mode():
         ref = decoder.heads(audio, 2, prefix_cache=False, last_token_exit=False)
         for exit_layer in range(3):
-            fast = decoder.heads(audio, exit_layer)
+            fast = decoder.heads(audio, exit_layer, prefix_cache=True, last_token_exit=True)
             assert (fast - ref[:, : exit_layer + 1]).abs().max().item() < ATOL
 
 
@@ -125,19 +125,31 @@ def test_an_unrecognised_read_out_runs_the_exit_layer_in_full(backbone, audio) -
     )
     assert not decoder.last_token_ready(1)
     with torch.inference_mode():
-        fast = decoder.heads(audio, 1)
+        fast = decoder.heads(audio, 1, last_token_exit=True)
         ref = decoder.heads(audio, 1, prefix_cache=False, last_token_exit=False)
     assert fast.shape == ref.shape and (fast - ref).abs().max().item() < ATOL
 
 
-def test_batched_encoder_equals_one_clip_at_a_time(backbone) -> None:
+def test_padded_masked_encoder_batch_equals_one_clip_at_a_time(backbone) -> None:
+    from calm_core.backbones.qwen2_audio import encode_valid_frames_batch, mel_valid_frames
+
     clips = [tone(440.0, 0.5), tone(880.0, 2.0, seed=1), tone(150.0, 0.13, seed=5), tone(1200.0, 1.37, seed=2)]
+    mels = [mel_valid_frames(backbone.feature_extractor, c) for c in clips]
+    with torch.inference_mode():
+        padded = encode_valid_frames_batch(backbone.model.audio_tower, backbone.model.multi_modal_projector, mels)
+        for clip, tokens in zip(clips, padded, strict=True):
+            alone = backbone.audio_tokens(clip)
+            assert tokens.shape == alone.shape
+            assert (tokens - alone).abs().max().item() < ATOL
+
+
+def test_batch_audio_tokens_buckets_equal_lengths_and_keeps_order(backbone) -> None:
+    clips = [tone(440.0, 1.0), tone(880.0, 0.6, seed=1), tone(300.0, 1.0, seed=2), tone(990.0, 0.6, seed=3)]
     with torch.inference_mode():
         batched = backbone.batch_audio_tokens(clips)
         for clip, tokens in zip(clips, batched, strict=True):
             alone = backbone.audio_tokens(clip)
-            assert tokens.shape == alone.shape
-            assert (tokens - alone).abs().max().item() < ATOL
+            assert tokens.shape == alone.shape and (tokens - alone).abs().max().item() < ATOL
 
 
 def test_head_activations_of_a_mixed_batch_equal_the_plain_one_by_one_run(backbone) -> None:
@@ -160,7 +172,7 @@ def test_nf4_runs_the_fast_paths(tiny_model_dir: Path, backbone) -> None:
         tokens = q.batch_audio_tokens(clips)
         plain = q.decoder.heads(tokens, 3, prefix_cache=False, last_token_exit=False)
         for exit_layer in range(4):
-            fast = q.decoder.heads(tokens, exit_layer)
+            fast = q.decoder.heads(tokens, exit_layer, prefix_cache=True, last_token_exit=True)
             assert (fast - plain[:, : exit_layer + 1]).abs().max().item() < 1e-4
 
 
