@@ -18,7 +18,7 @@ class ConfigError(ValueError):
     import calm_core and with it torch, seconds and hundreds of MB that a bridge has no use for.)"""
 
 
-# A topic level calm-mqtt writes into: no MQTT wildcards, no level separator inside, no leading "$".
+# A topic prefix (one or more levels, e.g. "home/calm"): no MQTT wildcards, no leading "$" or "/".
 TOPIC_PREFIX = re.compile(r"^[^#+$/\x00][^#+\x00]*$")
 
 
@@ -119,7 +119,7 @@ class BrokerSection(_Section):
 class TopicsSection(_Section):
     prefix: str = "calm"  # every topic calm-mqtt publishes starts with <prefix>/
     qos: Annotated[int, Field(ge=0, le=2)] = 1
-    # events and call verdicts held while the broker is away; past this the oldest are dropped and counted
+    # events and call verdicts held while the broker is away; past this new ones are dropped and counted
     queue_size: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
     stale_after_s: Annotated[float, Field(gt=0)] = 30.0  # a stream no calm.status mentioned for this long: offline
     status_max_age_s: Annotated[float, Field(gt=0)] = 600.0  # an instance silent this long leaves <prefix>/status
