@@ -18,6 +18,7 @@ import numpy as np
 
 from .audioflamingo3 import make_tiny_audioflamingo3
 from .qwen2_audio import SPECIAL_TOKENS, make_tiny_qwen2_audio, tiny_tokenizer
+from .qwen3_omni import make_tiny_qwen3_omni_moe
 from .qwen_omni import make_tiny_qwen2_5_omni
 from .voxtral import make_tiny_voxtral
 
@@ -27,6 +28,7 @@ TINY_FAMILIES: dict[str, Callable[..., Path]] = {
     "qwen2_audio": make_tiny_qwen2_audio,
     "voxtral": make_tiny_voxtral,
     "qwen2_5_omni": make_tiny_qwen2_5_omni,
+    "qwen3_omni_moe": make_tiny_qwen3_omni_moe,
 }
 
 def tone(freq: float, seconds: float = 1.0, sr: int = 16_000, *, noise: float = 0.05, seed: int = 0) -> np.ndarray:
@@ -91,6 +93,7 @@ __all__ = [
     "make_tiny_audioflamingo3",
     "make_tiny_qwen2_5_omni",
     "make_tiny_qwen2_audio",
+    "make_tiny_qwen3_omni_moe",
     "make_tiny_voxtral",
     "tiny_tokenizer",
     "tone",

@@ -40,8 +40,9 @@ def _quiet() -> Iterator[None]:
         hf_logging.set_verbosity(level)
 
 
-def omni_tokenizer():  # type: ignore[no-untyped-def]
-    """A byte-level Qwen2 tokenizer (256 byte tokens, no merges) with Qwen2.5-Omni's special tokens."""
+def omni_tokenizer(tokens: dict[str, str] = OMNI_TOKENS):  # type: ignore[no-untyped-def]
+    """A byte-level Qwen2 tokenizer (256 byte tokens, no merges) with a Qwen-Omni's special tokens
+    (by default Qwen2.5-Omni's)."""
     from transformers import Qwen2Tokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -50,10 +51,10 @@ def omni_tokenizer():  # type: ignore[no-untyped-def]
     tok = Qwen2Tokenizer(
         vocab=vocab,
         merges=[],
-        unk_token=None,
+        unk_token=None,  # type: ignore[arg-type]  # Qwen's byte-level vocabulary has no unknown token
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        extra_special_tokens=OMNI_TOKENS,
+        extra_special_tokens=tokens,
     )
     tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     return tok

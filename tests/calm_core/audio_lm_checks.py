@@ -78,28 +78,42 @@ def check_no_vocabulary_projection(backbone: Any) -> None:
     assert not any("lm_head" in name for name, _ in backbone.model.named_parameters())
 
 
-def check_nf4_on_cpu(backbone: Any, model_dir: Path, clip: np.ndarray) -> None:
+def check_nf4_on_cpu(backbone: Any, model_dir: Path, clip: np.ndarray) -> Any:
+    """Loads the model in NF4 on CPU, checks it and returns the quantised backbone."""
     pytest.importorskip("bitsandbytes")
     q = load_backbone(model_dir, LoadOptions(dtype="nf4"))
     assert type(q.text_layers[0].self_attn.o_proj).__name__ == "Linear4bit"
-    # The audio side stays in the compute dtype.
-    assert not any(type(m).__name__ == "Linear4bit" for m in q.model.multi_modal_projector.modules())
-    assert not any(type(m).__name__ == "Linear4bit" for m in q.model.audio_tower.modules())
+    # The audio side stays in the compute dtype (Qwen-Omni's projection is inside its audio tower).
+    audio_side = [getattr(q.model, name) for name in ("audio_tower", "multi_modal_projector") if hasattr(q.model, name)]
+    assert audio_side and not any(type(m).__name__ == "Linear4bit" for part in audio_side for m in part.modules())
     assert q.fingerprint.differences(backbone.fingerprint) == ["precision"]
     heads_q, heads_f = q.head_activations([clip]), backbone.head_activations([clip])
     assert torch.nn.functional.cosine_similarity(heads_q.flatten(), heads_f.flatten(), dim=0) > 0.9
+    return q
 
 
-def check_fingerprint(backbone: Any, model_dir: Path, other_weights: Path, tmp_path: Path, prompt: str) -> None:
-    """The fingerprint changes with the weights, the prompt and the feature extractor's settings, each alone."""
+def check_fingerprint(
+    backbone: Any,
+    model_dir: Path,
+    other_weights: Path,
+    tmp_path: Path,
+    prompt: str,
+    prompt_components: tuple[str, ...] = ("prompt",),
+) -> None:
+    """The fingerprint changes with the weights, the prompt and the feature extractor's settings, each alone.
+    prompt_components: what a new prompt changes (an adapter may also record its token ids)."""
     assert backbone.fingerprint.differences(load_backbone(other_weights).fingerprint) == ["weights"]
     reprompted = load_backbone(model_dir, LoadOptions(prompt=prompt))
-    assert backbone.fingerprint.differences(reprompted.fingerprint) == ["prompt"]
+    assert backbone.fingerprint.differences(reprompted.fingerprint) == list(prompt_components)
     copy = tmp_path / "other-processor"
     shutil.copytree(model_dir, copy)
-    config_file = copy / "processor_config.json"
-    config = json.loads(config_file.read_text())
-    config["feature_extractor"]["n_fft"] = 512
+    if (copy / "processor_config.json").is_file():  # a processor saved whole, its extractor nested
+        config_file = copy / "processor_config.json"
+        config = json.loads(config_file.read_text())
+        config["feature_extractor"]["n_fft"] = 512
+    else:  # a feature extractor saved on its own
+        config_file = copy / "preprocessor_config.json"
+        config = {**json.loads(config_file.read_text()), "n_fft": 512}
     config_file.write_text(json.dumps(config))
     assert backbone.fingerprint.differences(load_backbone(copy).fingerprint) == ["processor"]
 
