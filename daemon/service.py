@@ -367,10 +367,11 @@ class Service:
         if self.cfg.events.enabled:
             self.detections.label(seg.stream, t0, pred.label, pred.score, seg.start_s, seg.end_s)
 
-    def _expire_events(self) -> None:
+    def _expire_events(self, final: bool = False) -> None:
+        """End events not heard for end_after_s, and those of streams that ended; final: every open one."""
         idle = len(self.queue) == 0
         for stream, stats in list(self.stats.items()):  # listeners add streams from their own threads
-            ended = stats.state in ("finished", "stopped") and idle
+            ended = final or (stats.state in ("finished", "stopped") and idle)
             self.detections.expire(stream, stats.t0_wall or time.time(), stats.audio_s, ended)
 
     # ---- status and shutdown -----------------------------------------------------------------
@@ -472,6 +473,10 @@ class Service:
             self.in_model.clear()
         self._unclassified([q.segment for q in left])
         self._retire_ended()  # final call verdicts for calls whose last segments went unclassified
+        if self.cfg.events.enabled and not self.worker.is_alive():
+            # an event still open ends with calmd (its end and clip before the last status), whether or not
+            # the worker saw its stream stop; a worker still in a forward owns the detections: leave them
+            self._expire_events(final=True)
         unclassified = sum(s.unclassified for s in list(self.stats.values()))
         elapsed = time.monotonic() - t0
         if unclassified:

@@ -209,3 +209,38 @@ def test_sighup_refuses_a_classifier_without_a_label_that_has_a_rule(
     assert f"'siren' not among the labels of classifier live ({labels})" in status.error
     assert label is not None and label.fingerprint == original  # the old classifier is still serving
     assert code == 0, log[-3000:]
+
+
+def test_an_event_open_when_calmd_stops_ends_with_its_clip_before_the_last_status(
+    tmp_path: Path, tiny_model_dir, classifier_file, scene_wav, daemon_factory
+) -> None:
+    # The file is read faster than the model labels it: at SIGTERM the queue is longer than the drain bound
+    # allows, so the worker leaves with segments queued, and the event open then must still end (a consumer
+    # such as Home Assistant's binary sensor would show it open for ever). end_after_s outlasts the test.
+    clips = tmp_path / "clips"
+    config = write_config(
+        tmp_path / "calmd.toml", tiny_model_dir, classifier_file,
+        f'[[streams]]\nid = "room"\ntype = "file"\npath = "{scene_wav}"\nloop = true\nrealtime = false\n',
+        extra=(
+            "[inference]\nbatch_size = 1\nqueue_size = 100\ndrain_timeout_s = 0.05\n"
+            "[events]\nenabled = true\nend_after_s = 600\n"
+            f'[clips]\nenabled = true\ndir = "{clips}"\npre_roll_s = 0.5\npost_roll_s = 0.5\nmin_free_mb = 0\n'
+        ),
+    )  # fmt: skip
+    with Subscriber(endpoint_of(config), events=True) as sub:
+        daemon = daemon_factory(config)
+        edges: list[EdgeEvent] = []
+
+        def until(done):  # every edge on the way is kept
+            return next_matching(sub, lambda e: edges.append(e) if isinstance(e, EdgeEvent) else done(e), 300)
+
+        assert next_matching(sub, lambda e: isinstance(e, EdgeEvent) and e.kind == "start", 300), daemon.log()
+        assert until(lambda e: isinstance(e, StatusEvent) and e.queue_depth >= 50), daemon.log()
+        code, log = daemon.stop()
+        # the last status, after every other message, shows the stream stopped
+        assert until(lambda e: isinstance(e, StatusEvent) and e.streams["room"].state == "stopped"), log[-3000:]
+    assert code == 0 and "drain bound of" in log, log[-3000:]
+    *_, start, end = edges
+    assert (start.kind, end.kind) == ("start", "end"), edges[-2:]
+    assert (end.stream, end.seq, end.label, end.start_s) == ("room", start.seq + 1, start.label, start.start_s)
+    assert end.clip is not None and (clips / end.clip).is_file()
