@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .audioflamingo3 import make_tiny_audioflamingo3
+from .granite_speech import make_tiny_granite_speech
 from .qwen2_audio import SPECIAL_TOKENS, make_tiny_qwen2_audio, tiny_tokenizer
 from .qwen3_omni import make_tiny_qwen3_omni_moe
 from .qwen_omni import make_tiny_qwen2_5_omni
@@ -25,6 +26,7 @@ from .voxtral import make_tiny_voxtral
 # family -> writer(out_dir, n_layers=..., seed=...) -> Path; one entry per backbone family
 TINY_FAMILIES: dict[str, Callable[..., Path]] = {
     "audioflamingo3": make_tiny_audioflamingo3,
+    "granite_speech": make_tiny_granite_speech,
     "qwen2_audio": make_tiny_qwen2_audio,
     "voxtral": make_tiny_voxtral,
     "qwen2_5_omni": make_tiny_qwen2_5_omni,
@@ -91,6 +93,7 @@ __all__ = [
     "SPECIAL_TOKENS",
     "TINY_FAMILIES",
     "make_tiny_audioflamingo3",
+    "make_tiny_granite_speech",
     "make_tiny_qwen2_5_omni",
     "make_tiny_qwen2_audio",
     "make_tiny_qwen3_omni_moe",
