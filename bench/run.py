@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -426,6 +427,10 @@ def report(results: dict[str, Any]) -> str:
     lines = [
         "# Performance", "",
         f"Command: `{results['command']}`  ", f"Machine: {results['machine']}  ", f"Date: {results['date']}", "",
+        "Sections come from the runs that last wrote them (`--steps` merges). Compared timings are "
+        "interleaved pairs (A B, B A, ...): on a busy machine load drifts and a pair shares it, so the "
+        "median of the per-pair ratios is reported with its interquartile range and range; a wide IQR "
+        "means the machine was busy, not that the code varies.", "",
     ]  # fmt: skip
     for ee in results.get("early_exit", []):
         if "full_s" in ee:  # a report written before the interleaved timings
@@ -538,7 +543,8 @@ def main() -> int:
     big = [] if args.quick else ["medium"]
     results: dict[str, Any] = {
         "command": " ".join(["python", *sys.argv]),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, CPU",
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, CPU, "
+        f"load average {os.getloadavg()[0]:.1f} at the start (a shared machine: other work runs beside it)",
         "date": time.strftime("%Y-%m-%d"),
     }
     steps = [
