@@ -362,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--prompt-file",
         help="text prompt with the audio placeholder where the audio goes: <|AUDIO|> (Qwen2-Audio), "
-        "<sound> (Audio Flamingo 3), [AUDIO] (Voxtral)",
+        "<sound> (Audio Flamingo 3), [AUDIO] (Voxtral), <|audio|> (Granite Speech)",
     )
     fit.add_argument(
         "--preset", choices=sorted(PRESETS), default="calm",
