@@ -82,8 +82,15 @@ class GraniteMel:
             saved, _ = FeatureExtractionMixin.get_feature_extractor_dict(str(model_dir), local_files_only=True)
         except OSError as e:
             raise ModelLoadError(f"{model_dir}: no Granite Speech feature extractor settings ({e})") from e
-        defaults = asdict(cls())
-        return cls(**{key: int(saved.get(key, default)) for key, default in defaults.items()})
+        settings = {}
+        for key, default in asdict(cls()).items():
+            value = saved.get(key, default)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ModelLoadError(
+                    f"{model_dir}: feature extractor setting {key}={value!r} is not a positive integer"
+                )
+            settings[key] = value
+        return cls(**settings)
 
     def to_dict(self) -> dict[str, int]:
         return {**asdict(self), "feature_size": self.n_mels}

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -241,6 +242,23 @@ def test_missing_lora_is_an_error_naming_the_folder(model_dir: Path, tmp_path: P
     shutil.copytree(model_dir, bare, ignore=shutil.ignore_patterns("adapter_*"))
     with pytest.raises(ModelLoadError, match=f"{bare}: config.json sets has_lora_adapter but .* no adapter_config"):
         load_backbone(bare)
+
+
+def test_lora_without_peft_is_an_error_naming_the_extra(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "peft", None)  # import peft now raises ImportError
+    with pytest.raises(
+        ModelLoadError, match=rf"{model_dir}: the speech LoRA .* needs peft: pip install 'calm-audio\[granite\]'"
+    ):
+        load_backbone(model_dir)
+
+
+def test_bad_feature_extractor_setting_names_folder_key_and_value(model_dir: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad-mel"
+    shutil.copytree(model_dir, bad)
+    preprocessor = json.loads((bad / "preprocessor_config.json").read_text())
+    (bad / "preprocessor_config.json").write_text(json.dumps({**preprocessor, "hop_length": "160"}))
+    with pytest.raises(ModelLoadError, match=f"{bad}: feature extractor setting hop_length='160' is not a positive"):
+        load_backbone(bad)
 
 
 def test_too_short_clip_is_an_error(granite) -> None:
