@@ -5,6 +5,7 @@ Pure functions of the prefixes and the stream id: no connection, no state; the R
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from importlib import metadata
@@ -21,6 +22,15 @@ ONLINE, OFFLINE = "online", "offline"
 def slug(text: str) -> str:
     """An id Home Assistant accepts in discovery topics and unique ids: [a-zA-Z0-9_-]."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", text)
+
+
+def stream_slug(stream: str) -> str:
+    """A stream id as a slug, one per stream: "door.front" and "door_front" both slug to door_front, so a
+    stream whose id changes in slugging gets a short hash of its id too (door_front_1c2a4e9b)."""
+    readable = slug(stream)
+    if readable == stream:
+        return stream
+    return f"{readable}_{hashlib.sha256(stream.encode()).hexdigest()[:8]}"
 
 
 @dataclass(frozen=True)
@@ -62,7 +72,7 @@ class Topics:
         return f"{self.discovery_prefix}/{component}/{self.node_id(stream)}/{key}/config"
 
     def node_id(self, stream: str) -> str:
-        return slug(f"{self.prefix}_{stream}")
+        return f"{slug(self.prefix)}_{stream_slug(stream)}"
 
 
 def discovery_configs(topics: Topics, stream: str) -> dict[str, dict[str, Any]]:

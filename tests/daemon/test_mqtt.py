@@ -38,6 +38,8 @@ from .conftest import ENV, endpoint_of, free_port, wait_for, write_config
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="needs the mosquitto broker (Debian: mosquitto)")
 TIMEOUT = 60.0  # bounds a hang only: every wait below returns as soon as its condition holds
+# "door.front" slugs to door_front, which is another stream's id: the hash of the id keeps them apart
+DOOR_FRONT = "calm_door_front_239073ca"
 ENTITIES = {"label": "sensor", "score": "sensor", "event": "event", "detected": "binary_sensor", "state": "sensor"}
 
 
@@ -274,7 +276,7 @@ def test_discovery_gives_each_stream_a_device_whose_entities_read_published_topi
     wanted = {f"calm/{s}/{t}" for s in ("kitchen", "door.front") for t in ("label", "event", "detected", "state")}
     assert wait_for(lambda: wanted <= {t for t, _, _ in rig.observer.all()}, TIMEOUT), rig.bridge.log()
 
-    for stream, node in (("kitchen", "calm_kitchen"), ("door.front", "calm_door_front")):
+    for stream, node in (("kitchen", "calm_kitchen"), ("door.front", DOOR_FRONT)):
         configs = {key: rig.observer.all(topic) for key, topic in config_topics(node).items()}
         assert all(len(found) == 1 for found in configs.values()), configs  # once
         device_ids = set()
@@ -310,6 +312,22 @@ def test_discovery_gives_each_stream_a_device_whose_entities_read_published_topi
     assert render(kitchen["state"]["value_template"], rig.observer.last("calm/kitchen/state")) == "live"
     fired = json.loads(render(kitchen["event"]["value_template"], rig.observer.last("calm/kitchen/event")))
     assert fired["event_type"] in kitchen["event"]["event_types"] and fired["label"] == "alarm"
+
+
+def test_streams_whose_ids_slug_alike_get_devices_and_unique_ids_of_their_own(rig: Rig) -> None:
+    rig.publisher.send(status(0, {"door.front": "live", "door_front": "live", "door-front": "live"}))
+    nodes = {"door.front": DOOR_FRONT, "door_front": "calm_door_front", "door-front": "calm_door-front"}
+    topics = {stream: config_topics(node) for stream, node in nodes.items()}
+    every = [t for configs in topics.values() for t in configs.values()]
+    assert wait_for(lambda: all(rig.observer.last(t) for t in every), TIMEOUT), rig.bridge.log()
+    unique_ids, devices = set(), set()
+    for stream, configs in topics.items():
+        for topic in configs.values():
+            config = json.loads(rig.observer.last(topic) or b"")
+            assert config["availability"][1]["topic"] == f"calm/{stream}/available"  # each reads its own stream
+            unique_ids.add(config["unique_id"])
+            devices.add(tuple(config["device"]["identifiers"]))
+    assert len(unique_ids) == 3 * len(ENTITIES) and len(devices) == 3
 
 
 def test_no_discovery_publishes_states_but_no_configs(tmp_path: Path) -> None:
