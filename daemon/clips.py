@@ -1,7 +1,7 @@
 """Detection clips: each stream's recent audio in a ring, and when an event ends, its audio (pre-roll +
 event + post-roll) written under [clips] dir with a JSON sidecar, within an age limit and a disk quota.
 
-Layout: <dir>/<stream>/<event start, UTC>_<label>.<flac|wav|ogg> and the same name with .json. A clip is
+Layout: <dir>/<stream id>/<event start, UTC>_<label>.<flac|wav|ogg> and the same name with .json. A clip is
 encoded in memory first, so its exact size is known before anything on disk changes: the oldest clips
 are deleted to make room, then it is written to a temporary file and renamed, so the quota is never
 exceeded and a reader never sees half a clip.
@@ -149,7 +149,7 @@ class ClipRecorder(Sink):
             return None
         clip_start_s, clip_end_s = first / SAMPLE_RATE, (first + samples.size) / SAMPLE_RATE
         stamp = utc_iso(t0_wall + edge.start_s).replace("-", "").replace(":", "")  # 20261124T064001.123Z
-        name = f"{_safe(stream)}/{stamp}_{_safe(edge.label)}"
+        name = f"{stream_folder(stream)}/{stamp}_{_safe(edge.label)}"
         classifier, fingerprint = self.classifier()
         try:
             audio = io.BytesIO()
@@ -257,6 +257,12 @@ class ClipRecorder(Sink):
     def _refused(self, reason: str, message: str) -> None:
         self.metrics.clips_refused.labels(reason).inc()
         log.warning("clip not saved: %s", message)
+
+
+def stream_folder(stream: str) -> str:
+    """The folder of a stream's clips, one per stream id ([A-Za-z0-9_.-]): the id itself, except that an id
+    starting with "." (".", "..", a hidden folder) gets a "~", which no id contains, in front."""
+    return f"~{stream}" if stream.startswith(".") else stream
 
 
 def _safe(name: str) -> str:

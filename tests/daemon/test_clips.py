@@ -114,6 +114,22 @@ def test_a_long_event_keeps_its_last_max_clip_s(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "clips" / rel).with_suffix(".json").read_text())["truncated"] is True
 
 
+def test_each_stream_id_gets_a_folder_of_its_own_inside_the_clips_folder(tmp_path: Path) -> None:
+    rec = recorder(tmp_path, pre_roll_s=0.0, post_roll_s=0.0)
+    streams = ["door", ".door", "door.", "-", ".", "..", "..."]
+    audio = {stream: source_audio(4.0, seed=n) for n, stream in enumerate(streams)}
+    for stream in streams:
+        feed(rec, stream, audio[stream])
+    saved = {stream: rec.save(stream, event("dog", (1.0, 2.0, 0.5)), T0) for stream in streams}
+    folders = {stream: (tmp_path / "clips" / str(rel)).parent for stream, rel in saved.items()}
+    assert len(set(folders.values())) == len(streams), folders
+    for stream, folder in folders.items():
+        assert folder.parent == tmp_path / "clips" and not folder.name.startswith("."), folder
+        [clip] = folder.glob("*.flac")
+        np.testing.assert_array_equal(sf.read(clip, dtype="float32")[0], audio[stream][1 * SR : 2 * SR])
+        assert json.loads(clip.with_suffix(".json").read_text())["stream"] == stream
+
+
 def test_audio_that_has_left_the_ring_is_refused_and_counted(tmp_path: Path) -> None:
     metrics = Metrics()
     rec = recorder(tmp_path, metrics, max_clip_s=1.0)  # the ring holds 1 + 3 (end_after_s) + 30 s
