@@ -1,4 +1,4 @@
-"""The bounded queue between the segmenters and the model worker, and each stream's counters."""
+"""The bounded queue between the segmenters and the model worker."""
 
 from __future__ import annotations
 
@@ -8,33 +8,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from .segmenter import Segment
-from .sinks import StreamInfo
 
 
 @dataclass
 class Queued:
     segment: Segment
     end_wall: float  # wall clock when the segment's last sample arrived
-
-
-@dataclass
-class StreamStats:
-    state: str = "connecting"
-    segments: int = 0
-    dropped: int = 0
-    failed: int = 0
-    unclassified: int = 0  # cut but never classified because calmd stopped (see Service.stop)
-    audio_s: float = 0.0
-    model_s: float = 0.0
-    last_error: str | None = None
-    t0_wall: float | None = None  # wall clock of the stream's first sample
-    seq: int = 0
-    info: StreamInfo | None = None  # set for streams a listener opened (one per call leg); None: configured
-
-    @property
-    def accounted(self) -> int:
-        """Segments whose fate is known: labelled, dropped, failed or unclassified."""
-        return self.seq + self.dropped + self.failed + self.unclassified
 
 
 class SegmentQueue:

@@ -21,19 +21,18 @@ from .calls import CallAggregator, Policy, decision_policy
 from .clips import ClipRecorder
 from .config import DaemonConfig
 from .detections import Detections, check_rule_labels
-from .events import Event, LabelEvent, Scored, StatusEvent, StreamStatus, utc_iso
+from .events import Event, LabelEvent, Scored, StatusEvent, utc_iso
 from .metrics import Metrics
 from .publisher import Publisher
-from .segment_queue import Queued, SegmentQueue, StreamStats
-from .segmenter import Segment, Segmenter
+from .segment_queue import Queued, SegmentQueue
+from .segmenter import Segment
 from .sinks import Sink, StreamInfo
 from .sources import Source, make_source
+from .streams import StreamHandle, StreamRegistry, StreamStats
 
 log = logging.getLogger("calmd")
 
 THREAD_STOP_S = 5.0  # on stop: how long capture threads and the heartbeat get to end once asked
-ENDED_KEEP_S = 60.0  # an ended listener stream stays in calm.status this long (its last state and error)
-ENDED_KEEP_MAX = 200
 
 
 @dataclass
@@ -52,12 +51,11 @@ class Service:
         self.cfg = cfg
         self.metrics = metrics or Metrics()
         self.started = time.monotonic()
-        self.stats = {s.id: StreamStats() for s in cfg.streams}
-        self.stats_lock = threading.Lock()
+        self.streams = StreamRegistry(cfg.streams, cfg.vad, self.metrics)
+        self.status_lock = threading.Lock()  # the status sequence number
         self.queue = SegmentQueue(cfg.inference.queue_size, self._dropped)
         self.model = self._load_model(cfg.model.classifier.as_posix())
         self.publisher = Publisher(cfg.publish)
-        self.segmenters = {s.id: Segmenter(s.id, cfg.vad) for s in cfg.streams}
         self.sources: list[Source] = []
         self.listeners: list[Any] = []  # telephony listeners: each opens streams through open_stream()
         self.sinks: list[Sink] = []  # consumers of labels and stream lifecycles beside the publisher
@@ -67,7 +65,6 @@ class Service:
             self.sinks.append(clips)
         self.detections = Detections(cfg.events, self.emit, clips.save if clips else None)
         self.page: Any = None  # the live page (calmd.page.LivePage) when [page] is enabled
-        self.ended: dict[str, tuple[float, StreamStatus]] = {}  # listener streams retired lately, for status
         self.stopping = threading.Event()
         self.abandon = threading.Event()  # set once the drain bound has passed: the worker takes no new batch
         # A batch's results and stop() giving up on it exclude each other, so that every segment ends up
@@ -162,8 +159,8 @@ class Service:
             source.start()
 
     def _sink(self, stream: str) -> Any:
-        segmenter = self.segmenters[stream]
-        stats = self.stats[stream]
+        segmenter = self.streams.segmenters[stream]
+        stats = self.streams.stats[stream]
         cfg = next((s for s in self.cfg.streams if s.id == stream), None)
         blocking = cfg is not None and cfg.type == "file" and not cfg.realtime
 
@@ -184,18 +181,16 @@ class Service:
         return sink
 
     def _enqueue(self, seg: Segment, end_wall: float, blocking: bool = False) -> None:
-        with self.stats_lock:
-            self.stats[seg.stream].segments += 1
-        self.metrics.segments.labels(self._metric_stream(seg.stream)).inc()
+        self.streams.count(seg.stream, "segments")
         if not self.queue.put(Queued(seg, end_wall), wait=self.stopping if blocking else None):
             self._unclassified([seg])  # calmd is stopping: the queue is closed or full for good
         self.metrics.queue_depth.set(len(self.queue))
 
     def _state_cb(self, stream: str) -> Any:
         def on_state(state: str, error: str | None) -> None:
-            stats = self.stats[stream]
+            stats = self.streams.stats[stream]
             if state == "finished" or (state == "failed" and stats.info is not None):
-                for seg in self.segmenters[stream].flush():
+                for seg in self.streams.segmenters[stream].flush():
                     self._enqueue(seg, time.time())
             if state == "backoff":
                 self.metrics.reconnects.labels(stream).inc()
@@ -209,55 +204,33 @@ class Service:
         return on_state
 
     def _dropped(self, item: Queued) -> None:
-        with self.stats_lock:
-            self.stats[item.segment.stream].dropped += 1
-        self.metrics.dropped.labels(self._metric_stream(item.segment.stream)).inc()
+        self.streams.count(item.segment.stream, "dropped")
         log.debug("dropped segment %s@%.2f: queue full", item.segment.stream, item.segment.start_s)
 
     def _unclassified(self, segments: list[Segment]) -> None:
         for seg in segments:
-            with self.stats_lock:
-                self.stats[seg.stream].unclassified += 1
-            self.metrics.unclassified.labels(self._metric_stream(seg.stream)).inc()
+            self.streams.count(seg.stream, "unclassified")
 
     # ---- streams that come and go (one per call leg, opened by a listener) ---------------------------
     def open_stream(self, info: StreamInfo) -> StreamHandle:
         """Register a stream that flows through the same segmenter, queue and worker as a configured one.
         ValueError when the id is taken by a configured or still running stream."""
-        with self.stats_lock:
-            current = self.stats.get(info.stream)
-            if current is not None:
-                raise ValueError(f"stream id {info.stream!r} is already in use")
-            self.ended.pop(info.stream, None)
-            self.stats[info.stream] = StreamStats(info=info)
-            self.segmenters[info.stream] = Segmenter(info.stream, self.cfg.vad)
+        self.streams.open(info)
         for sink in self.sinks:
             sink.stream_opened(info)
         return StreamHandle(self._sink(info.stream), self._state_cb(info.stream))
 
-    def _metric_stream(self, stream: str) -> str:
-        """The stream label on Prometheus series: call streams are counted under their protocol, since
-        a series per call id would grow without bound."""
-        stats = self.stats.get(stream)
-        return stream if stats is None or stats.info is None else stats.info.protocol
-
     def _retire_ended(self) -> None:
-        """Drop listener streams that have ended and whose every segment is accounted for; sinks hear of it
-        after the stream's last label (both happen on the worker thread, in that order)."""
-        now = time.monotonic()
-        for sid, stats in list(self.stats.items()):
-            if stats.info is None or stats.state not in ("finished", "failed") or stats.accounted < stats.segments:
-                continue
+        """Listener streams that ended and whose every segment is accounted for leave the registry; sinks
+        hear of it after the stream's last label (both happen on the worker thread, in that order)."""
+
+        def retired(sid: str, stats: StreamStats) -> None:
+            assert stats.info is not None
             self.detections.close(sid, stats.t0_wall or time.time())  # its last label is in
-            with self.stats_lock:
-                self.stats.pop(sid, None)
-                self.segmenters.pop(sid, None)
-                self.ended[sid] = (now, self._stream_status(stats, reconnects=0))
             for sink in self.sinks:
                 sink.stream_ended(stats.info, stats.audio_s, stats.last_error if stats.state == "failed" else None)
-        for sid, (at, _) in list(self.ended.items()):
-            if now - at > ENDED_KEEP_S or len(self.ended) > ENDED_KEEP_MAX:
-                self.ended.pop(sid, None)
+
+        self.streams.retire_ended(retired)
 
     # ---- inference -----------------------------------------------------------------------------
     def _work(self) -> None:
@@ -322,9 +295,7 @@ class Service:
                 return
         self.consecutive_failures += 1
         for q in batch:
-            with self.stats_lock:
-                self.stats[q.segment.stream].failed += 1
-            self.metrics.failed.labels(self._metric_stream(q.segment.stream)).inc()
+            self.streams.count(q.segment.stream, "failed")
         log.error("inference failed for %d segment(s): %s", len(batch), reason)
         if self.consecutive_failures >= self.cfg.inference.max_consecutive_failures:
             self.fatal = f"{self.consecutive_failures} consecutive inference failures; last: {reason}"
@@ -333,10 +304,10 @@ class Service:
 
     def _publish_label(self, q: Queued, pred: Any, model: Model, model_s: float) -> None:
         seg = q.segment
-        stats = self.stats[seg.stream]
+        stats = self.streams.stats[seg.stream]
         t0 = stats.t0_wall or q.end_wall
         now = time.time()
-        with self.stats_lock:
+        with self.streams.lock:
             seq = stats.seq
             stats.seq += 1
             stats.model_s += model_s
@@ -361,7 +332,7 @@ class Service:
         self.emit(event)
         for sink in self.sinks:
             sink.label(event, stats.info)
-        self.metrics.labels.labels(self._metric_stream(seg.stream), pred.label).inc()
+        self.metrics.labels.labels(self.streams.metric_stream(seg.stream), pred.label).inc()
         self.metrics.latency_seconds.observe(max(0.0, now - q.end_wall))
         log.debug("%s %.2f-%.2f s: %s (%.3f)", seg.stream, seg.start_s, seg.end_s, pred.label, pred.score)
         if self.cfg.events.enabled:
@@ -370,20 +341,15 @@ class Service:
     def _expire_events(self, final: bool = False) -> None:
         """End events not heard for end_after_s, and those of streams that ended; final: every open one."""
         idle = len(self.queue) == 0
-        for stream, stats in list(self.stats.items()):  # listeners add streams from their own threads
+        for stream, stats in list(self.streams.stats.items()):  # listeners add streams from their own threads
             ended = final or (stats.state in ("finished", "stopped") and idle)
             self.detections.expire(stream, stats.t0_wall or time.time(), stats.audio_s, ended)
 
     # ---- status and shutdown -----------------------------------------------------------------
     def status(self) -> StatusEvent:
-        sources = {s.cfg.id: s for s in self.sources}
-        streams = {}
-        for sid, st in list(self.stats.items()):
-            streams[sid] = self._stream_status(st, sources[sid].reconnects if sid in sources else 0)
-        for sid, (_, ended) in list(self.ended.items()):
-            streams.setdefault(sid, ended)
+        streams = self.streams.statuses({s.cfg.id: s.reconnects for s in self.sources})
         clf = self.model.classifier
-        with self.stats_lock:  # heartbeats and reloads publish from different threads
+        with self.status_lock:  # heartbeats and reloads publish from different threads
             seq = self.status_seq
             self.status_seq += 1
         return StatusEvent(
@@ -397,20 +363,6 @@ class Service:
             exit_layer=clf.exit_layer,
             streams=streams,
             error=self.fatal or self.error,
-        )
-
-    @staticmethod
-    def _stream_status(st: StreamStats, reconnects: int) -> StreamStatus:
-        return StreamStatus(
-            state=st.state,
-            segments=st.segments,
-            dropped=st.dropped,
-            failed=st.failed,
-            unclassified=st.unclassified,
-            reconnects=reconnects,
-            audio_s=round(st.audio_s, 3),
-            rtf=round(st.model_s / st.audio_s, 4) if st.audio_s > 0 else None,
-            last_error=st.last_error,
         )
 
     def publish_status(self) -> None:
@@ -430,7 +382,7 @@ class Service:
         return self.worker.is_alive() and time.monotonic() - self.worker_beat < within_s
 
     def all_finished(self) -> bool:
-        configured = [self.stats[s.id] for s in self.cfg.streams]
+        configured = [self.streams.stats[s.id] for s in self.cfg.streams]
         if not configured:  # listeners only: calls keep coming, never "done"
             return False
         return all(s.state in ("finished", "stopped") for s in configured) and len(self.queue) == 0
@@ -477,7 +429,7 @@ class Service:
             # an event still open ends with calmd (its end and clip before the last status), whether or not
             # the worker saw its stream stop; a worker still in a forward owns the detections: leave them
             self._expire_events(final=True)
-        unclassified = sum(s.unclassified for s in list(self.stats.values()))
+        unclassified = self.streams.unclassified()
         elapsed = time.monotonic() - t0
         if unclassified:
             log.warning("stopped with %d segment(s) unclassified after %.1f s", unclassified, elapsed)
@@ -487,30 +439,6 @@ class Service:
         if self.page is not None:  # after the last status, which the page shows too
             self.page.close()
         return [t.name for t in [self.worker, *threads] if t.is_alive()]
-
-
-class StreamHandle:
-    """What a listener holds for one call leg: feed it 16 kHz mono float32, end it once."""
-
-    def __init__(self, sink: Any, on_state: Any):
-        self._sink = sink
-        self._on_state = on_state
-        self.live = False
-        self.ended = False
-
-    def feed(self, chunk: np.ndarray) -> None:
-        if not self.live:
-            self.live = True
-            self._on_state("live", None)
-        if chunk.size:
-            self._sink(chunk)
-
-    def end(self, error: str | None = None) -> None:
-        """Hang up: whatever is open in the segmenter is cut and queued; error marks the stream failed."""
-        if self.ended:
-            return
-        self.ended = True
-        self._on_state("failed" if error else "finished", error)
 
 
 def _join(thread: threading.Thread, timeout: float) -> None:
