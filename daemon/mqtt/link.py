@@ -3,7 +3,9 @@
 Two kinds of message, two guarantees:
 - Retained states (discovery configs, availability, labels, stream states) are kept here, latest value per
   topic, and all of them are published again on every (re)connect: a broker restarted without persistence
-  gets back everything the bridge promised. They go out at QoS 0: after a reconnect paho would resend a
+  gets back everything the bridge promised. A deletion (an empty payload) made while the broker is away is
+  kept until a connection has carried it: a broker with persistence would otherwise keep the stale value.
+  They go out at QoS 0: after a reconnect paho would resend a
   QoS 1 copy still in flight *after* the fresher value from memory, leaving a stale value retained.
 - Events and call verdicts go out at the configured QoS. At QoS 1/2 paho holds them while the broker is
   away, at most `queue_size` (in flight included); past that, and at QoS 0 while disconnected, they are
@@ -53,6 +55,7 @@ class Link:
         self.client.on_connect_fail = self._on_connect_fail
         self.lock = threading.Lock()  # the retained store, and publishing into it, against a reconnect
         self.retained: dict[str, bytes] = {availability_topic: ONLINE.encode()}
+        self.deletes: set[str] = set()  # topics deleted while no connection could carry the empty payload
         self.connected = threading.Event()
         self.answered = threading.Event()  # the first CONNACK (or its absence) decides start-up
         self.refused: str | None = None
@@ -123,10 +126,14 @@ class Link:
         with self.lock:
             if payload:
                 self.retained[topic] = payload
+                self.deletes.discard(topic)
             else:
                 self.retained.pop(topic, None)
+                self.deletes.add(topic)
             if self.connected.is_set():
-                self.client.publish(topic, payload, qos=0, retain=True)  # NO_CONN: the reconnect republishes it
+                info = self.client.publish(topic, payload, qos=0, retain=True)  # NO_CONN: the reconnect sends it
+                if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    self.deletes.discard(topic)
 
     def message(self, topic: str, payload: bytes) -> None:
         """An event or a verdict: once, at the configured QoS, held by paho while disconnected (QoS 1/2)."""
@@ -158,12 +165,19 @@ class Link:
                 log.error("%s; trying again", message)
             return
         with self.lock:
+            deleted = len(self.deletes)
+            for topic in self.deletes:
+                client.publish(topic, b"", qos=0, retain=True)
+            self.deletes.clear()
             for topic, payload in self.retained.items():
                 client.publish(topic, payload, qos=0, retain=True)
             self.connects += 1
             self.connected.set()
         if self.connects > 1:
-            log.info("MQTT broker %s: reconnected; %d retained topics published again", self.where, len(self.retained))
+            log.info(
+                "MQTT broker %s: reconnected; %d retained topics published again, %d deleted while it was away",
+                self.where, len(self.retained), deleted,
+            )  # fmt: skip
         else:
             log.info("MQTT broker %s: connected as %s", self.where, self.broker.effective_client_id)
         self.answered.set()

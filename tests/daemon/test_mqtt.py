@@ -421,6 +421,51 @@ def test_broker_restart_without_persistence_gets_back_everything_retained(rig: R
     assert rig.bridge.proc.poll() is None
 
 
+def test_a_call_legs_device_deleted_while_a_persistent_broker_is_away_is_deleted_when_it_is_back(
+    tmp_path: Path,
+) -> None:
+    broker = Mosquitto(tmp_path, persistence=True)  # keeps retained messages across the restart
+    publisher = Publisher()
+    observer = Observer(broker.port)
+    bridge = BridgeProcess(tmp_path, bridge_config(publisher.endpoint, broker.port))
+    leg_configs = list(config_topics("calm_c-7").values())
+    try:
+        publisher.wait_subscribed()
+        publisher.send(label("c-7", 0, "spoof"), label("kitchen", 0))
+        assert wait_for(lambda: all(observer.last(t) for t in leg_configs), TIMEOUT), bridge.log()
+        assert wait_for(lambda: observer.last("calm/kitchen/label"), TIMEOUT), bridge.log()
+        observer.close()
+        broker.stop()
+        assert wait_for(lambda: "connection lost" in bridge.log(), TIMEOUT), bridge.log()
+        publisher.send(call("c-7", "c-7", final=True))  # the leg's device is deleted while the broker is away
+        assert wait_for(lambda: "stream c-7 is a call leg" in bridge.log(), TIMEOUT), bridge.log()
+        broker.start()
+        assert wait_for(lambda: "reconnected" in bridge.log(), TIMEOUT), bridge.log()
+        # one connection carries the bridge's messages in order: once a label sent now is retained, the
+        # broker has handled everything the bridge sent on reconnecting
+        publisher.send(label("kitchen", 1))
+        after = Observer(broker.port, ("calm/kitchen/label",))
+        try:
+            assert wait_for(lambda: after.json("calm/kitchen/label")[-1:] == [label("kitchen", 1).to_json()], TIMEOUT)
+        finally:
+            after.close()
+        check = Observer(broker.port, ("homeassistant/#", "calm/c-7/#", "calm/test/marker"))
+        try:  # retained messages come right after the subscription, before a message published after it
+            check.client.publish("calm/test/marker", b"end")
+            assert wait_for(lambda: check.last("calm/test/marker") == b"end", TIMEOUT)
+            stale = [(t, p) for t, p, retained in check.all() if retained and "c-7" in t]
+            assert not stale, stale
+            assert all(check.last(t) for t in config_topics("calm_kitchen").values())  # the rest stays
+        finally:
+            check.close()
+        # the leg's discovery configs and its retained states, each deleted once the broker was back
+        assert f"{len(leg_configs) + 4} deleted while it was away" in bridge.log(), bridge.log()
+    finally:
+        bridge.stop()
+        publisher.close()
+        broker.stop()
+
+
 def test_events_while_the_broker_is_away_are_held_up_to_the_queue_size_and_drops_counted(tmp_path: Path) -> None:
     broker = Mosquitto(tmp_path, persistence=True)  # the observer's session (and its queue) survives the restart
     publisher = Publisher()
