@@ -33,6 +33,7 @@ TINY_FAMILIES: dict[str, Callable[..., Path]] = {
     "qwen3_omni_moe": make_tiny_qwen3_omni_moe,
 }
 
+
 def tone(freq: float, seconds: float = 1.0, sr: int = 16_000, *, noise: float = 0.05, seed: int = 0) -> np.ndarray:
     """A sine tone with a little noise and a random phase, float32 at sr."""
     rng = np.random.default_rng(seed)
