@@ -4,7 +4,8 @@ event + post-roll) written under [clips] dir with a JSON sidecar, within an age 
 Layout: <dir>/<stream id>/<event start, UTC>_<label>.<flac|wav|ogg> and the same name with .json. A clip is
 encoded in memory first, so its exact size is known before anything on disk changes: the oldest clips
 are deleted to make room, then it is written to a temporary file and renamed, so the quota is never
-exceeded and a reader never sees half a clip.
+exceeded and a reader never sees half a clip. Clips past max_age_days go when a clip is written and at
+every calm.status (each publish.heartbeat_s), so they go on time also when no event comes.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import soundfile as sf
 
 from .config import ClipsSection, ConfigError
 from .detections import Edge
-from .events import utc_iso
+from .events import Event, StatusEvent, utc_iso
 from .metrics import Metrics
 from .sinks import Sink, StreamInfo
 
@@ -107,6 +108,7 @@ class ClipRecorder(Sink):
         # what is stored, by stem: scanned once, then kept up to date (a scan per clip costs ~70 ms per
         # thousand clips); files others add under dir are counted from the next start
         self.stored = self._scan()
+        self.stored_lock = threading.Lock()  # the worker saves clips, the heartbeat thread expires them
         self.metrics.clips_bytes.set(sum(s.size for s in self.stored.values()))
 
     def _prepare_dir(self) -> None:
@@ -132,6 +134,11 @@ class ClipRecorder(Sink):
     def stream_ended(self, info: StreamInfo, audio_s: float, error: str | None) -> None:
         with self.rings_lock:
             self.rings.pop(info.stream, None)
+
+    def event(self, event: Event) -> None:
+        if isinstance(event, StatusEvent):  # from the heartbeat thread, every publish.heartbeat_s
+            with self.stored_lock:
+                self._expire(list(self.stored.values()))
 
     # ---- saving ----------------------------------------------------------------------------------
     def save(self, stream: str, edge: Edge, t0_wall: float) -> str | None:
@@ -175,7 +182,8 @@ class ClipRecorder(Sink):
                 "sample_rate": SAMPLE_RATE,
                 "samples": int(samples.size),
             }
-            return self._store(name, audio.getvalue(), sidecar)
+            with self.stored_lock:
+                return self._store(name, audio.getvalue(), sidecar)
         except (OSError, sf.SoundFileError) as e:
             self._refused("error", f"{stream}: writing the clip of the {edge.label} event failed: {e}")
             return None
@@ -194,10 +202,7 @@ class ClipRecorder(Sink):
         if size > quota:
             self._refused("quota", f"{clip}: {size} bytes alone exceed clips.max_total_mb")
             return None
-        if self.cfg.max_age_days is not None:
-            cutoff = self.clock() - self.cfg.max_age_days * 86_400
-            expired = [s for s in stored if s.mtime < cutoff]
-            stored = [s for s in stored if s not in expired or not self._delete(s, "age")]
+        stored = self._expire(stored)
         used = sum(s.size for s in stored)
         for old in stored:  # oldest first
             if used + size <= quota:
@@ -224,6 +229,13 @@ class ClipRecorder(Sink):
         self.metrics.clips_bytes.set(used + size)
         log.info("saved %s (%.1f s, %d bytes)", clip, sidecar["samples"] / SAMPLE_RATE, size)
         return clip.relative_to(self.dir).as_posix()
+
+    def _expire(self, stored: list[_Stored]) -> list[_Stored]:
+        """Delete the clips past max_age_days; the others, and any that could not be deleted, are returned."""
+        if self.cfg.max_age_days is None:
+            return stored
+        cutoff = self.clock() - self.cfg.max_age_days * 86_400
+        return [s for s in stored if s.mtime >= cutoff or not self._delete(s, "age")]
 
     def _scan(self) -> dict[Path, _Stored]:
         """Clips and sidecars under dir by stem (a sidecar without its clip counts too), aged by mtime."""

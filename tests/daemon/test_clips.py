@@ -216,6 +216,61 @@ def test_after_a_restart_clips_are_aged_by_their_file_times(tmp_path: Path) -> N
     assert value(metrics, "calm_clips_deleted_total", reason="age") == 1
 
 
+def heartbeat(seq: int = 0) -> StatusEvent:
+    return StatusEvent(
+        seq=seq, instance="test", time_utc="2026-11-18T11:06:40.000Z", uptime_s=1.0, queue_depth=0,
+        classifier="home", fingerprint="ab" * 32, exit_layer=3,
+    )  # fmt: skip
+
+
+def test_clips_past_max_age_are_deleted_at_a_status_with_no_new_event(tmp_path: Path) -> None:
+    metrics = Metrics()
+    now = [time.time()]
+    cfg = ClipsSection(enabled=True, dir=tmp_path / "clips", min_free_mb=0, pre_roll_s=0, post_roll_s=0, max_age_days=7)
+    rec = ClipRecorder(cfg, end_after_s=3.0, metrics=metrics, classifier=CLASSIFIER, clock=lambda: now[0])
+    feed(rec, "door", source_audio(20.0))
+    old = rec.save("door", event("dog", (0.0, 1.0, 0.5)), T0)
+    now[0] += 2 * 86_400
+    recent = rec.save("door", event("cat", (2.0, 3.0, 0.5)), T0)
+    assert old is not None and recent is not None
+    rec.event(heartbeat(0))
+    assert (tmp_path / "clips" / old).exists()  # 2 days old: kept
+    now[0] += 6 * 86_400  # old: 8 days, recent: 6
+    rec.event(heartbeat(1))
+    assert not (tmp_path / "clips" / old).exists() and not (tmp_path / "clips" / old).with_suffix(".json").exists()
+    assert (tmp_path / "clips" / recent).exists()
+    assert value(metrics, "calm_clips_deleted_total", reason="age") == 1
+    assert value(metrics, "calm_clips_bytes") == stored_bytes(tmp_path / "clips")
+
+
+def test_calmd_deletes_an_aged_clip_while_no_event_happens(
+    tmp_path: Path, tiny_model_dir, classifier_file, daemon_factory
+) -> None:
+    clips = tmp_path / "clips"
+    rec = recorder(tmp_path, pre_roll_s=0.0, post_roll_s=0.0)
+    feed(rec, "room", source_audio(5.0))
+    old = rec.save("room", event("dog", (1.0, 2.0, 0.5)), T0)
+    assert old is not None
+    forty_days_ago = time.time() - 40 * 86_400
+    for p in (clips / old, (clips / old).with_suffix(".json")):
+        os.utime(p, (forty_days_ago, forty_days_ago))
+    silence = tmp_path / "silence.wav"
+    sf.write(silence, np.zeros(2 * SR, np.float32), SR, subtype="PCM_16")
+    config = write_config(
+        tmp_path / "calmd.toml", tiny_model_dir, classifier_file,
+        f'[[streams]]\nid = "room"\ntype = "file"\npath = "{silence}"\nloop = true\n',
+        extra=f'[events]\nenabled = true\n[clips]\nenabled = true\ndir = "{clips}"\nmax_age_days = 30\n'
+        "min_free_mb = 0\n",
+    )  # fmt: skip
+    daemon = daemon_factory(config)
+    gone = wait_for(lambda: not (clips / old).exists() or daemon.proc.poll() is not None, 300)
+    code, log = daemon.stop()
+    assert gone and not (clips / old).exists(), log[-3000:]
+    assert not (clips / old).with_suffix(".json").exists()
+    assert "(age)" in log and f"saved {clips}" not in log, log[-3000:]  # no event: the heartbeat's sweep deleted it
+    assert code == 0, log[-3000:]
+
+
 def test_a_clip_that_would_leave_too_little_free_disk_is_refused(tmp_path: Path) -> None:
     metrics = Metrics()
     cfg = ClipsSection(enabled=True, dir=tmp_path / "clips", min_free_mb=1e12)  # an exabyte free: never
