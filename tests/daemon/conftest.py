@@ -3,7 +3,9 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -141,3 +143,42 @@ def wait_for(predicate, timeout: float, interval: float = 0.05):
             return value
         time.sleep(interval)
     return None
+
+
+def listen_to_late_scene(
+    tmp_path: Path,
+    model: Path,
+    classifier: Path,
+    scene_wav: Path,
+    daemon_factory,
+    extra: str,
+    done: Callable[[list[dict]], bool],
+) -> tuple[int, str, list[dict]]:
+    """calmd --exit-when-done on one stream, "room", playing scene_wav after 5 s of silence, with `calm listen
+    --json` started first: it has long connected when the first message leaves (ZeroMQ drops what is published
+    before a subscriber is connected). Returns calmd's exit code, its log and the messages calm listen printed
+    once done(messages) holds (what calmd sent may still be on its way when it exits) or 30 s have passed."""
+    audio, rate = sf.read(scene_wav, dtype="float32")
+    late_scene = tmp_path / "late-scene.wav"
+    sf.write(late_scene, np.concatenate([np.zeros(5 * rate, np.float32), audio]), rate, subtype="PCM_16")
+    config = write_config(
+        tmp_path / "calmd.toml", model, classifier,
+        f'[[streams]]\nid = "room"\ntype = "file"\npath = "{late_scene}"\n', extra=extra,
+    )  # fmt: skip
+    listen_cmd = ["listen", "--endpoint", endpoint_of(config), "--json", "--seconds", "600"]
+    listen = subprocess.Popen(
+        [sys.executable, "-m", "calm_core.cli", *listen_cmd], stdout=subprocess.PIPE, text=True, env=ENV
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(listen.stdout), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    try:
+        daemon = daemon_factory(config, "--exit-when-done")
+        daemon.proc.wait(timeout=300)
+        code, log = daemon.stop()
+        wait_for(lambda: done([json.loads(line) for line in list(lines)]), timeout=30)
+    finally:
+        listen.terminate()
+        listen.wait(timeout=30)
+        reader.join(10)
+    return code, log, [json.loads(line) for line in lines]

@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -24,7 +23,7 @@ from calmd.events import EdgeEvent, StatusEvent
 from calmd.metrics import Metrics
 from calmd.sinks import StreamInfo
 
-from .conftest import ENV, endpoint_of, free_port, schema, wait_for, write_config
+from .conftest import ENV, endpoint_of, free_port, listen_to_late_scene, schema, wait_for, write_config
 from .test_signals import next_matching
 from .test_telephony import audiosocket_call, call_audio
 
@@ -332,35 +331,18 @@ def test_calmd_refuses_to_start_on_a_clips_folder_it_cannot_write(
 def test_end_events_carry_a_clip_that_exists_and_decodes(
     tmp_path: Path, tiny_model_dir, classifier_file, scene_wav, daemon_factory
 ) -> None:
-    # 5 s of silence first: calm listen, started before calmd, is connected when the first event leaves
-    audio, rate = sf.read(scene_wav, dtype="float32")
-    late_scene = tmp_path / "late-scene.wav"
-    sf.write(late_scene, np.concatenate([np.zeros(5 * rate, np.float32), audio]), rate, subtype="PCM_16")
     clips = tmp_path / "clips"
-    config = write_config(
-        tmp_path / "calmd.toml", tiny_model_dir, classifier_file,
-        f'[[streams]]\nid = "room"\ntype = "file"\npath = "{late_scene}"\n',
+    is_end = lambda m: m["schema"] == "calm.event/2" and m["kind"] == "end"  # noqa: E731
+    code, log, messages = listen_to_late_scene(
+        tmp_path, tiny_model_dir, classifier_file, scene_wav, daemon_factory,
         extra=(
             "[events]\nenabled = true\nend_after_s = 0.5\n"
             f'[clips]\nenabled = true\ndir = "{clips}"\npre_roll_s = 0.25\npost_roll_s = 0.5\nmin_free_mb = 0\n'
         ),
+        done=lambda messages: sum(map(is_end, messages)) >= 4,
     )  # fmt: skip
-    listen_cmd = ["listen", "--endpoint", endpoint_of(config), "--json", "--seconds", "600"]
-    listen = subprocess.Popen(
-        [sys.executable, "-m", "calm_core.cli", *listen_cmd], stdout=subprocess.PIPE, text=True, env=ENV
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(listen.stdout), daemon=True)  # type: ignore[arg-type]
-    reader.start()
-    daemon = daemon_factory(config, "--exit-when-done")
-    daemon.proc.wait(timeout=300)
-    code, log = daemon.stop()
-    wait_for(lambda: sum('"kind":"end"' in line.replace(" ", "") for line in lines) >= 4, timeout=30)
-    listen.terminate()
-    listen.wait(timeout=30)
-    reader.join(10)
     assert code == 0, log
-    ends = [m for m in map(json.loads, lines) if m["schema"] == "calm.event/2" and m["kind"] == "end"]
+    ends = [m for m in messages if is_end(m)]
     assert len(ends) == 4
     for end in ends:
         jsonschema.validate(end, schema("event"))

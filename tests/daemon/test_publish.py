@@ -1,16 +1,11 @@
 """The publisher and subscriber over real sockets: schema, CURVE, slow subscribers, debounced events, listen."""
 
 import json
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import jsonschema
-import numpy as np
 import pytest
-import soundfile as sf
 import zmq
 import zmq.auth
 
@@ -19,7 +14,7 @@ from calmd.config import PublishSection
 from calmd.events import EdgeEvent, LabelEvent, Scored, StatusEvent, StreamStatus, decode, encode
 from calmd.publisher import Publisher
 
-from .conftest import ENV, endpoint_of, free_port, schema, wait_for, write_config
+from .conftest import free_port, listen_to_late_scene, schema
 
 
 def label(seq: int, stream: str = "s") -> LabelEvent:
@@ -155,32 +150,11 @@ def test_curve_rejects_subscribers_without_an_allowed_key(tmp_path: Path) -> Non
 def test_debounced_events_and_calm_listen(
     tmp_path: Path, tiny_model_dir, classifier_file, scene_wav, daemon_factory
 ) -> None:
-    # 5 s of silence first: calm listen, started before calmd, has long connected when the first label
-    # leaves (ZeroMQ drops what is published before a subscriber is connected)
-    audio, rate = sf.read(scene_wav, dtype="float32")
-    late_scene = tmp_path / "late-scene.wav"
-    sf.write(late_scene, np.concatenate([np.zeros(5 * rate, np.float32), audio]), rate, subtype="PCM_16")
-    config = write_config(
-        tmp_path / "calmd.toml", tiny_model_dir, classifier_file,
-        f'[[streams]]\nid = "room"\ntype = "file"\npath = "{late_scene}"\n',
+    code, log, messages = listen_to_late_scene(
+        tmp_path, tiny_model_dir, classifier_file, scene_wav, daemon_factory,
         extra="[events]\nenabled = true\nend_after_s = 0.5\n",
+        done=lambda messages: sum(m["schema"] == "calm.event/2" for m in messages) >= 8,
     )  # fmt: skip
-    listen_cmd = ["listen", "--endpoint", endpoint_of(config), "--json", "--seconds", "600"]
-    listen = subprocess.Popen(
-        [sys.executable, "-m", "calm_core.cli", *listen_cmd], stdout=subprocess.PIPE, text=True, env=ENV
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(listen.stdout), daemon=True)  # type: ignore[arg-type]
-    reader.start()
-    daemon = daemon_factory(config, "--exit-when-done")
-    daemon.proc.wait(timeout=300)
-    code, log = daemon.stop()
-    # calmd has exited; what it sent may still be on its way through calm listen
-    wait_for(lambda: sum('"calm.event/2"' in line for line in lines) >= 8, timeout=30)
-    listen.terminate()
-    listen.wait(timeout=30)
-    reader.join(10)
-    messages = [json.loads(line) for line in lines]
     labels = [m for m in messages if m["schema"] == "calm.label/1"]
     edges = [m for m in messages if m["schema"] == "calm.event/2"]
     assert code == 0, log
