@@ -8,20 +8,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import tomllib
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from calm_core.errors import CalmError
 
+from . import configbase
+from .configbase import Section as _Section
+from .configbase import check_endpoint
 from .telephony.config import CallsSection, ListenersSection
 
 
-class ConfigError(CalmError, ValueError):
+class ConfigError(CalmError, configbase.ConfigError):
     """A configuration file or flag that calmd cannot run with."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ModelSection(_Section):
@@ -55,13 +53,7 @@ class PublishSection(_Section):
     @field_validator("endpoint")
     @classmethod
     def _endpoint(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("tcp", "ipc", "inproc"):
-            raise ValueError(f"{v!r}: scheme must be tcp://, ipc:// or inproc://")
-        if parts.scheme == "tcp":
-            if parts.port is None:
-                raise ValueError(f"{v!r}: tcp endpoints need a port, e.g. tcp://127.0.0.1:5556")
-        return v
+        return check_endpoint(v, ("tcp", "ipc", "inproc"))
 
     @model_validator(mode="after")
     def _curve_pair(self) -> PublishSection:
@@ -240,34 +232,11 @@ class DaemonConfig(_Section):
         return self
 
 
-def _format(error: ValidationError, source: str) -> str:
-    lines = []
-    for e in error.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<top level>"
-        value = e.get("input")
-        shown = "" if isinstance(value, dict) else f" (got {value!r})"
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"  {key}: {msg}{shown}")
-    return f"{source}: invalid configuration\n" + "\n".join(lines)
-
-
 def parse_config(data: dict[str, Any], source: str = "config") -> DaemonConfig:
-    try:
-        return DaemonConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(_format(e, source)) from None
+    return configbase.validate(DaemonConfig, data, source, ConfigError)
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> DaemonConfig:
     """Read and validate a TOML file; overrides are dotted keys ("model.device") from the command line."""
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such configuration file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not valid TOML ({e})") from None
-    for dotted, value in (overrides or {}).items():
-        section, _, key = dotted.partition(".")
-        data.setdefault(section, {})[key] = value
-    return parse_config(data, str(path))
+    data, source = configbase.read_toml(Path(path), overrides, ConfigError)
+    return parse_config(data, source)

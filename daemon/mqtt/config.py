@@ -7,16 +7,11 @@ import re
 import socket
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
-import tomllib
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-
-class ConfigError(ValueError):
-    """A configuration file or flag calm-mqtt cannot run with. (Not calmd's: importing calmd.config would
-    import calm_core and with it torch, seconds and hundreds of MB that a bridge has no use for.)"""
-
+from ..configbase import ConfigError, check_endpoint, read_toml, validate
+from ..configbase import Section as _Section
 
 # A topic prefix (one or more levels, e.g. "home/calm"): no MQTT wildcards, no leading "$" or "/".
 TOPIC_PREFIX = re.compile(r"^[^#+$/\x00][^#+\x00]*$")
@@ -28,10 +23,6 @@ def check_topic_prefix(v: str) -> str:
     return v
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 class ZmqSection(_Section):
     # calmd's publish.endpoint, or calm-proxy's --backend for many calmd behind one endpoint
     endpoints: Annotated[list[str], Field(min_length=1)] = ["tcp://127.0.0.1:5556"]
@@ -41,13 +32,7 @@ class ZmqSection(_Section):
     @field_validator("endpoints")
     @classmethod
     def _endpoints(cls, v: list[str]) -> list[str]:
-        for endpoint in v:
-            parts = urlsplit(endpoint)
-            if parts.scheme not in ("tcp", "ipc"):
-                raise ValueError(f"{endpoint!r}: scheme must be tcp:// or ipc://")
-            if parts.scheme == "tcp" and parts.port is None:
-                raise ValueError(f"{endpoint!r}: tcp endpoints need a port, e.g. tcp://127.0.0.1:5556")
-        return v
+        return [check_endpoint(endpoint, ("tcp", "ipc")) for endpoint in v]
 
     @model_validator(mode="after")
     def _curve_pair(self) -> ZmqSection:
@@ -152,39 +137,11 @@ class BridgeConfig(_Section):
     discovery: DiscoverySection = DiscoverySection()
 
 
-def _format(error: ValidationError, source: str) -> str:
-    lines = []
-    for e in error.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<top level>"
-        value = e.get("input")
-        shown = "" if isinstance(value, dict) else f" (got {value!r})"
-        lines.append(f"  {key}: {'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}{shown}")
-    return f"{source}: invalid configuration\n" + "\n".join(lines)
-
-
 def parse_bridge_config(data: dict[str, Any], source: str = "config") -> BridgeConfig:
-    try:
-        return BridgeConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(_format(e, source)) from None
+    return validate(BridgeConfig, data, source, ConfigError)
 
 
 def load_bridge_config(path: Path | None, overrides: dict[str, Any] | None = None) -> BridgeConfig:
     """The TOML file (None: defaults only) with dotted overrides ("broker.tls.enabled") from the command line."""
-    data: dict[str, Any] = {}
-    source = "command line"
-    if path is not None:
-        source = str(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such configuration file") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: not valid TOML ({e})") from None
-    for dotted, value in (overrides or {}).items():
-        *sections, key = dotted.split(".")
-        table = data
-        for section in sections:
-            table = table.setdefault(section, {})
-        table[key] = value
+    data, source = read_toml(path, overrides, ConfigError)
     return parse_bridge_config(data, source)

@@ -1,5 +1,7 @@
 """Configuration: the shipped example is valid; bad values and unknown keys name the key."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -7,6 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from calmd.config import ConfigError, load_config, parse_config
+
+from .conftest import ENV
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "calmd.toml"
 BASE = {"model": {"path": "/m", "classifier": "/c.safetensors"}, "streams": [{"id": "a", "type": "mic"}]}
@@ -76,6 +80,23 @@ def test_file_errors_and_overrides(tmp_path: Path) -> None:
         load_config(bad)
     cfg = load_config(EXAMPLE, {"model.device": "cpu", "publish.endpoint": "tcp://127.0.0.1:6000"})
     assert cfg.model.device == "cpu" and cfg.publish.endpoint.endswith(":6000")
+    # calmd's overrides reach nested tables the way calm-mqtt's do
+    cfg = load_config(EXAMPLE, {"events.labels.alarm.min_score": 0.9})
+    assert cfg.events.labels["alarm"].min_score == 0.9
+
+
+def test_calm_mqtt_shares_the_config_base_without_importing_calm_core_or_torch() -> None:
+    from calm_core.errors import CalmError
+    from calmd import configbase
+    from calmd.mqtt import config as bridge_config
+
+    assert issubclass(ConfigError, CalmError) and issubclass(ConfigError, configbase.ConfigError)
+    assert bridge_config.ConfigError is configbase.ConfigError
+    with pytest.raises(configbase.ConfigError, match="zmq.endpoints: Value error, 'inproc://x': scheme must be"):
+        bridge_config.parse_bridge_config({"zmq": {"endpoints": ["inproc://x"]}})
+    loaded = "import sys, calmd.mqtt.main; print(sorted(m for m in ('torch', 'calm_core') if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", loaded], capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", (proc.stdout, proc.stderr)
 
 
 SCALARS = st.one_of(
