@@ -6,6 +6,7 @@
 const LABELS_PER_STREAM = 20;
 const EVENTS_KEPT = 100;
 const CALLS_KEPT = 100;
+const STREAMS_KEPT = 256; // as the server: call legs come and go, the least recently heard stream is forgotten
 const STATES = new Set(["connecting", "live", "backoff", "failed", "finished", "stopped"]);
 const DECISIONS = new Set(["positive", "negative", "none"]);
 
@@ -57,7 +58,12 @@ function addLabel(label) {
   const history = model.labels.get(label.stream) || [];
   history.push(label);
   if (history.length > LABELS_PER_STREAM) history.shift();
+  model.labels.delete(label.stream); // re-inserted last: the map's order is least recently heard first
   model.labels.set(label.stream, history);
+  for (const stream of model.labels.keys()) {
+    if (model.labels.size <= STREAMS_KEPT) break;
+    model.labels.delete(stream);
+  }
 }
 
 function addEvent(event) {

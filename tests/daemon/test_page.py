@@ -423,6 +423,32 @@ def test_the_page_shows_text_as_text_never_as_markup(browser: Any, tmp_path: Pat
         live.close()
 
 
+def test_the_page_keeps_cards_for_the_streams_heard_last_only(browser: Any, tmp_path: Path) -> None:
+    """Call legs come and go: a page left open for days must not grow a card per call ever seen."""
+    from calmd.page.hub import STREAMS_KEPT
+
+    live = LivePage(PageSection(enabled=True, port=0), tmp_path)
+    live.start()
+    try:
+        browser.get(live.url)
+        assert shown(browser, "return document.getElementById('connection').textContent === 'live'")
+        n = STREAMS_KEPT + 10
+        for i in range(n):
+            live.hub.event(label(f"leg-{i:03d}", 0))
+        live.hub.event(label("leg-000", 1))  # heard again: now among the most recent
+        last = f"leg-{n - 1:03d}"
+        assert shown(browser, LABEL_ROW, "leg-000", 1)  # the last message: everything before it is shown
+        cards = browser.execute_script(
+            "return [...document.querySelectorAll('article.stream')].map((a) => a.dataset.stream)"
+        )
+        assert len(cards) == STREAMS_KEPT
+        assert "leg-000" in cards and last in cards
+        assert "leg-001" not in cards and f"leg-{n - STREAMS_KEPT:03d}" not in cards
+        assert f"leg-{n - STREAMS_KEPT + 1:03d}" in cards
+    finally:
+        live.close()
+
+
 def test_the_page_reconnects_by_itself_and_shows_what_came_after(browser: Any, tmp_path: Path) -> None:
     first = LivePage(PageSection(enabled=True, port=0), tmp_path)
     first.start()
