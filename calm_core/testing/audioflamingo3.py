@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
-from .common import spread_weights
+from .common import random_model
 from .qwen2_audio import tiny_tokenizer
 
 # Renders like the released checkpoint's processor template: a default system turn, then each turn
@@ -71,9 +69,7 @@ def make_tiny_audioflamingo3(
         },
         audio_token_id=tok.convert_tokens_to_ids("<sound>"),
     )
-    torch.manual_seed(seed)
-    model = AudioFlamingo3ForConditionalGeneration(config).eval()
-    spread_weights(model)
+    model = random_model(AudioFlamingo3ForConditionalGeneration, config, seed)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -12,3 +14,11 @@ def spread_weights(model: torch.nn.Module) -> None:
         for p in model.parameters():
             if p.dim() >= 2:
                 p.normal_(0.0, 1.0 / np.sqrt(p.shape[-1]))
+
+
+def random_model(model_class: Any, config: Any, seed: int) -> Any:
+    """model_class(config) in eval mode with seeded random weights spread to unit gain (a tiny writer's model)."""
+    torch.manual_seed(seed)
+    model = model_class(config).eval()
+    spread_weights(model)
+    return model

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .common import spread_weights
+from .common import random_model
 from .qwen2_audio import tiny_tokenizer
 
 ROLE_TOKENS = ["<|start_of_role|>", "<|end_of_role|>", "<|end_of_text|>"]
@@ -107,9 +107,7 @@ def make_tiny_granite_speech(
         window_size=PROJECTOR_WINDOW,
         downsample_rate=PROJECTOR_DOWNSAMPLE,
     )
-    torch.manual_seed(seed)
-    model = GraniteSpeechForConditionalGeneration(config).eval()
-    spread_weights(model)
+    model = random_model(GraniteSpeechForConditionalGeneration, config, seed)
     model.save_pretrained(out)
     if lora:
         add_random_lora(model, seed if lora_seed is None else lora_seed)

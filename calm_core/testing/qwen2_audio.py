@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
+
+from .common import random_model
 
 SPECIAL_TOKENS = ["<|im_start|>", "<|im_end|>", "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]
 
@@ -76,13 +77,7 @@ def make_tiny_qwen2_audio(
         },
         audio_token_id=tok.convert_tokens_to_ids("<|AUDIO|>"),  # type: ignore[call-arg]
     )
-    torch.manual_seed(seed)
-    model = Qwen2AudioForConditionalGeneration(config).eval()
-    # Random init gives near-zero projections; scale so that audio actually moves the heads.
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 1.0 / np.sqrt(p.shape[-1]))
+    model = random_model(Qwen2AudioForConditionalGeneration, config, seed)
     model.to(save_dtype).save_pretrained(out)
     processor.save_pretrained(out)
     if legacy_keys:

@@ -10,10 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .common import spread_weights
-from .qwen_omni import _quiet, omni_tokenizer
+from .qwen_omni import mrope_sections, omni_tokenizer, write_omni
 
 # Qwen3-Omni's tokenizer attributes the processor and the chat template use, with their tokens.
 QWEN3_OMNI_TOKENS = {
@@ -31,9 +28,6 @@ def _thinker_config(tok: Any, n_layers: int, hidden: int, n_heads: int, head_dim
     ids = {name: tok.convert_tokens_to_ids(token) for name, token in QWEN3_OMNI_TOKENS.items()}
     if head_dim % 2 or head_dim < 6:
         raise ValueError(f"head_dim {head_dim} must be even and at least 6")
-    # The three rotary sections (time, height, width) split head_dim / 2 frequencies, as 24/20/20 does for 128.
-    half = head_dim // 2
-    mrope = [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]
     return {
         # The released encoder's structure (chunks of 2 * 50 frames, attention windows of 800 frames),
         # at a small width.
@@ -71,7 +65,12 @@ def _thinker_config(tok: Any, n_layers: int, hidden: int, n_heads: int, head_dim
             "num_experts_per_tok": 2,
             "moe_intermediate_size": 32,
             "max_position_embeddings": 32768,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope, "interleaved": True},
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 1e6,
+                "mrope_section": mrope_sections(head_dim),
+                "interleaved": True,
+            },
             "pad_token_id": tok.pad_token_id,
         },
         "audio_token_id": ids["audio_token"],
@@ -152,21 +151,20 @@ def make_tiny_qwen3_omni_moe(
     By default the whole model (thinker, talker, code2wav) as the released checkpoints hold it;
     with thinker_only, a thinker saved on its own (model_type `qwen3_omni_moe_thinker`).
     """
-    from transformers import Qwen3OmniMoeConfig, Qwen3OmniMoeForConditionalGeneration, WhisperFeatureExtractor
+    from transformers import Qwen3OmniMoeConfig, Qwen3OmniMoeForConditionalGeneration
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     tok = omni_tokenizer(QWEN3_OMNI_TOKENS)
-    thinker = _thinker_config(tok, n_layers, hidden, n_heads, head_dim, n_kv_heads)
-    torch.manual_seed(seed)
-    with _quiet():
-        config = Qwen3OmniMoeConfig(
-            thinker_config=thinker, talker_config=_talker_config(hidden), code2wav_config=_CODE2WAV
-        )
-        model = Qwen3OmniMoeForConditionalGeneration(config).eval()
-        spread_weights(model)
-        # thinker_only: the same thinker weights as the full model of the same seed.
-        (model.thinker if thinker_only else model).save_pretrained(out)
-    tok.save_pretrained(out)
-    WhisperFeatureExtractor(feature_size=128).save_pretrained(out)
-    return out
+    parts = {
+        "thinker_config": _thinker_config(tok, n_layers, hidden, n_heads, head_dim, n_kv_heads),
+        "talker_config": _talker_config(hidden),
+        "code2wav_config": _CODE2WAV,
+    }
+    return write_omni(
+        out_dir,
+        tok,
+        Qwen3OmniMoeConfig,
+        Qwen3OmniMoeForConditionalGeneration,
+        parts,
+        seed=seed,
+        thinker_only=thinker_only,
+    )

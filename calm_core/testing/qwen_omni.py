@@ -11,8 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+from .common import random_model
 
 # Qwen2.5-Omni's tokenizer attributes the processor and the chat template use, with their tokens.
 OMNI_TOKENS = {
@@ -60,14 +59,42 @@ def omni_tokenizer(tokens: dict[str, str] = OMNI_TOKENS):  # type: ignore[no-unt
     return tok
 
 
+def mrope_sections(head_dim: int) -> list[int]:
+    """The three rotary sections (time, height, width) splitting head_dim / 2 frequencies, as 16/24/24 does for 128."""
+    half = head_dim // 2
+    return [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]
+
+
+def write_omni(
+    out_dir: str | Path,
+    tok: Any,
+    config_class: Any,
+    model_class: Any,
+    parts: dict[str, Any],
+    *,
+    seed: int,
+    thinker_only: bool,
+) -> Path:
+    """Build a Qwen-Omni from its part configs with seeded random weights and save it, or its thinker alone,
+    with the tokenizer and a Whisper feature extractor."""
+    from transformers import WhisperFeatureExtractor
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with _quiet():
+        model = random_model(model_class, config_class(**parts), seed)
+        # thinker_only: the same thinker weights as the full model of the same seed.
+        (model.thinker if thinker_only else model).save_pretrained(out)
+    tok.save_pretrained(out)
+    WhisperFeatureExtractor(feature_size=128).save_pretrained(out)
+    return out
+
+
 def _thinker_config(tok: Any, n_layers: int, hidden: int, n_heads: int, n_kv_heads: int, audio_dim: int) -> dict:
     ids = {name: tok.convert_tokens_to_ids(token) for name, token in OMNI_TOKENS.items()}
     head_dim = hidden // n_heads
     if head_dim % 2 or head_dim < 6:
         raise ValueError(f"hidden {hidden} / n_heads {n_heads} must give an even head_dim of at least 6")
-    # The three rotary sections (time, height, width) split head_dim / 2 frequencies, as 16/24/24 does for 128.
-    half = head_dim // 2
-    mrope = [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]
     return {
         "audio_config": {
             "d_model": audio_dim,
@@ -96,7 +123,7 @@ def _thinker_config(tok: Any, n_layers: int, hidden: int, n_heads: int, n_kv_hea
             "num_attention_heads": n_heads,
             "num_key_value_heads": n_kv_heads,
             "max_position_embeddings": 32768,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope},
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope_sections(head_dim)},
             "tie_word_embeddings": False,
             "pad_token_id": tok.pad_token_id,
         },
@@ -167,23 +194,20 @@ def make_tiny_qwen2_5_omni(
     By default the whole model (thinker, talker, token2wav) as the released checkpoints hold it;
     with thinker_only, a thinker saved on its own (model_type `qwen2_5_omni_thinker`), as fine-tunes ship.
     """
-    from transformers import Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration, WhisperFeatureExtractor
+    from transformers import Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     tok = omni_tokenizer()
-    thinker = _thinker_config(tok, n_layers, hidden, n_heads, n_kv_heads, audio_dim)
-    torch.manual_seed(seed)
-    with _quiet():
-        config = Qwen2_5OmniConfig(thinker_config=thinker, talker_config=_TALKER, token2wav_config=_TOKEN2WAV)
-        model = Qwen2_5OmniForConditionalGeneration(config).eval()
-        # Random init gives near-zero projections; scale so that audio actually moves the heads.
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.dim() >= 2:
-                    p.normal_(0.0, 1.0 / np.sqrt(p.shape[-1]))
-        # thinker_only: the same thinker weights as the full model of the same seed.
-        (model.thinker if thinker_only else model).save_pretrained(out)
-    tok.save_pretrained(out)
-    WhisperFeatureExtractor(feature_size=128).save_pretrained(out)
-    return out
+    parts = {
+        "thinker_config": _thinker_config(tok, n_layers, hidden, n_heads, n_kv_heads, audio_dim),
+        "talker_config": _TALKER,
+        "token2wav_config": _TOKEN2WAV,
+    }
+    return write_omni(
+        out_dir,
+        tok,
+        Qwen2_5OmniConfig,
+        Qwen2_5OmniForConditionalGeneration,
+        parts,
+        seed=seed,
+        thinker_only=thinker_only,
+    )

@@ -7,9 +7,7 @@ import base64
 import json
 from pathlib import Path
 
-import torch
-
-from .common import spread_weights
+from .common import random_model
 
 # Special tokens at the ranks the released tokenizer gives them (VoxtralProcessor expects [AUDIO] = 24);
 # the ranks between are fillers, as in the released file.
@@ -102,9 +100,7 @@ def make_tiny_voxtral(
         },
         audio_token_id=24,
     )
-    torch.manual_seed(seed)
-    model = VoxtralForConditionalGeneration(config).eval()
-    spread_weights(model)
+    model = random_model(VoxtralForConditionalGeneration, config, seed)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
