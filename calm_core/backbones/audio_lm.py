@@ -86,7 +86,8 @@ def layout_fingerprint(
 class AudioLMBackbone:
     """Head activations of an audio LM's decoder at the last prompt token (the Backbone protocol).
 
-    Subclasses name their model class and implement prompt_ids and audio_tokens.
+    Subclasses name their model class and implement prompt_ids and audio_tokens; a family that loads
+    differently overrides load_parts and make_fingerprint.
     """
 
     name: str
@@ -95,7 +96,7 @@ class AudioLMBackbone:
     default_prompt: ClassVar[str]
 
     def __init__(self, model_dir: Path, options: LoadOptions = LoadOptions()):
-        from transformers import AutoConfig, AutoProcessor
+        from transformers import AutoConfig
 
         self.model_dir = Path(model_dir)
         self.device = torch.device(options.device)
@@ -106,6 +107,20 @@ class AudioLMBackbone:
         self.layout = text_layout(config.text_config)
         self.loaded_layers = truncate_layers(config.text_config, self.layout.n_layers, options.load_layers)
         self.precision = default_precision(options, self.device)
+        self.load_parts(config)
+        self.audio_token_id = int(config.audio_token_id)
+        self.prompt = options.prompt or self.template_prompt()
+        prefix, suffix = self.prompt_ids(self.prompt)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.decoder = PromptDecoder(
+            self.model.language_model, prefix, suffix, self.audio_token_id, pad_id, self.device
+        )
+        self.fingerprint = self.make_fingerprint(config)
+
+    def load_parts(self, config: Any) -> None:
+        """Load the model, tokenizer and feature extractor from model_dir (after layout and precision are set)."""
+        from transformers import AutoProcessor
+
         try:
             with quiet_transformers():
                 self.processor = AutoProcessor.from_pretrained(self.model_dir, local_files_only=True)
@@ -115,14 +130,10 @@ class AudioLMBackbone:
             raise ModelLoadError(f"{self.model_dir}: could not load {self.title} ({e})") from e
         self.tokenizer = self.processor.tokenizer
         self.feature_extractor = self.processor.feature_extractor
-        self.audio_token_id = int(config.audio_token_id)
-        self.prompt = options.prompt or self.template_prompt()
-        prefix, suffix = self.prompt_ids(self.prompt)
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.decoder = PromptDecoder(
-            self.model.language_model, prefix, suffix, self.audio_token_id, pad_id, self.device
-        )
-        self.fingerprint = layout_fingerprint(
+
+    def make_fingerprint(self, config: Any) -> Fingerprint:
+        """What the features depend on: adapter version, weights, layout, precision, prompt, feature extractor."""
+        return layout_fingerprint(
             self.adapter_version,
             config,
             self.layout,

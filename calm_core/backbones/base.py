@@ -101,6 +101,17 @@ class StopForward(Exception):
     """Raised from a hook once the deepest needed head has been read: the early exit."""
 
 
+def run_hooked(run: Callable[[], object], handles: Sequence[torch.utils.hooks.RemovableHandle]) -> None:
+    """Run a forward that the hooks behind handles may end with StopForward; they are removed however it ends."""
+    try:
+        run()
+    except StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def resolve_exit_layer(exit_layer: int | None, loaded_layers: int) -> int:
     """The layer to stop after: the deepest loaded one when unset; an error outside what is loaded."""
     if exit_layer is None:
@@ -132,14 +143,7 @@ def capture_heads(
 
         return hook
 
-    handles = [p.register_forward_pre_hook(make(i)) for i, p in enumerate(projections)]
-    try:
-        run()
-    except StopForward:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_hooked(run, [p.register_forward_pre_hook(make(i)) for i, p in enumerate(projections)])
     if len(captured) != len(projections):
         raise RuntimeError(f"captured {len(captured)} layers, expected {len(projections)}")
     return captured

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .base import StopForward, capture_heads
+from .base import StopForward, capture_heads, run_hooked
 from .last_token import cache_keys_values, last_token_heads, supports_last_token
 
 
@@ -189,13 +189,7 @@ class PromptDecoder:
         handles += [
             self.layers[i].self_attn.o_proj.register_forward_pre_hook(before_o_proj(i)) for i in range(exit_layer)
         ]
-        try:
-            run()
-        except StopForward:
-            pass
-        finally:
-            for handle in handles:
-                handle.remove()
+        run_hooked(run, handles)
         if len(heads) != exit_layer + 1:
             raise RuntimeError(f"read {len(heads)} layers, expected {exit_layer + 1}")
         return heads

@@ -22,16 +22,9 @@ import torch
 
 from ..errors import AudioError, ModelLoadError
 from ..fingerprint import Fingerprint, canonical_json
-from .audio_lm import (
-    AudioLMBackbone,
-    default_precision,
-    layout_fingerprint,
-    quiet_transformers,
-    text_layout,
-    truncate_layers,
-)
-from .base import LoadOptions, precision_kwargs
-from .decoder import PromptDecoder, split_prompt
+from .audio_lm import AudioLMBackbone, quiet_transformers
+from .base import precision_kwargs
+from .decoder import split_prompt
 
 ADAPTER_VERSION = "granite_speech/1"
 AUDIO_PLACEHOLDER = "<|audio|>"
@@ -182,19 +175,11 @@ class GraniteSpeechBackbone(AudioLMBackbone):
     adapter_version = ADAPTER_VERSION
     default_prompt = DEFAULT_PROMPT
 
-    def __init__(self, model_dir: Path, options: LoadOptions = LoadOptions()):
-        from transformers import AutoConfig, AutoTokenizer, GraniteSpeechModel
+    def load_parts(self, config: Any) -> None:
+        """The tokenizer, the torch log-mel and the base model with the speech LoRA on."""
+        from transformers import AutoTokenizer, GraniteSpeechModel
 
-        self.model_dir = Path(model_dir)
-        self.device = torch.device(options.device)
-        try:
-            config = AutoConfig.from_pretrained(self.model_dir, local_files_only=True)
-        except (OSError, ValueError) as e:
-            raise ModelLoadError(f"{self.model_dir}: unreadable {self.title} config.json ({e})") from e
-        self.layout = text_layout(config.text_config)
-        self.loaded_layers = truncate_layers(config.text_config, self.layout.n_layers, options.load_layers)
-        self.precision = default_precision(options, self.device)
-        lora = adapter_settings(self.model_dir, config)
+        self.lora = adapter_settings(self.model_dir, config)
         self.mel = GraniteMel.from_folder(self.model_dir)
         kwargs: dict[str, Any] = {"config": config, "local_files_only": True, "device_map": {"": self.device}}
         kwargs.update(precision_kwargs(self.precision, self.device, AUDIO_MODULES))
@@ -206,24 +191,17 @@ class GraniteSpeechBackbone(AudioLMBackbone):
                 self.model = GraniteSpeechModel.from_pretrained(self.model_dir, **kwargs).eval()
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"{self.model_dir}: could not load {self.title} ({e})") from e
-        if lora != "none":
+        if self.lora != "none":
             if not getattr(self.model, "_hf_peft_config_loaded", False):
                 raise ModelLoadError(f"{self.model_dir}: the speech LoRA in {ADAPTER_CONFIG} was not loaded")
             self.model.enable_adapters()  # what the stock generate does whenever audio is given
         self.feature_extractor = self.mel
-        self.audio_token_id = int(config.audio_token_id)
-        self.prompt = options.prompt or self.template_prompt()
-        prefix, suffix = self.prompt_ids(self.prompt)
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.decoder = PromptDecoder(
-            self.model.language_model, prefix, suffix, self.audio_token_id, pad_id, self.device
-        )
-        base = layout_fingerprint(
-            ADAPTER_VERSION, config, self.layout, self.model_dir, self.precision, self.prompt, self.mel
-        )
+
+    def make_fingerprint(self, config: Any) -> Fingerprint:
+        base = super().make_fingerprint(config)
         # The processor component holds every log-mel setting (the shared keys miss win_length, n_mels).
-        components = {**base.components, "processor": canonical_json(self.mel.to_dict()), "lora": lora}
-        self.fingerprint = Fingerprint(components=components, model_id=base.model_id)
+        components = {**base.components, "processor": canonical_json(self.mel.to_dict()), "lora": self.lora}
+        return Fingerprint(components=components, model_id=base.model_id)
 
     def template_prompt(self) -> str:
         if getattr(self.tokenizer, "chat_template", None) is None:
