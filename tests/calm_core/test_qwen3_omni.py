@@ -17,6 +17,7 @@ from calm_core.errors import AudioError, ModelLoadError
 from calm_core.testing import make_tiny_qwen3_omni_moe, tone
 
 from . import audio_lm_checks as checks
+from . import qwen_omni_checks as omni_checks
 
 # Two shapes: heads x head_dim equal to the hidden size, and larger than it with one key/value head
 # (the released thinker has 32 heads of 128 over a hidden size of 2048).
@@ -45,13 +46,9 @@ def omni(omni_dir: Path):
 
 
 def stock_thinker(model_dir: Path):  # type: ignore[no-untyped-def]
-    """The whole stock thinker, vocabulary projection included, as transformers loads it from the folder."""
-    from transformers import AutoConfig, Qwen3OmniMoeThinkerForConditionalGeneration
+    from transformers import Qwen3OmniMoeThinkerForConditionalGeneration
 
-    config = AutoConfig.from_pretrained(model_dir)
-    return Qwen3OmniMoeThinkerForConditionalGeneration.from_pretrained(
-        model_dir, config=getattr(config, "thinker_config", config)
-    ).eval()
+    return omni_checks.stock_thinker(model_dir, Qwen3OmniMoeThinkerForConditionalGeneration)
 
 
 def processor_inputs(backbone, clip: np.ndarray) -> dict[str, torch.Tensor]:
@@ -73,12 +70,7 @@ def processor_inputs(backbone, clip: np.ndarray) -> dict[str, torch.Tensor]:
         proc, [clip], **Qwen3OmniMoeProcessor.audio_kwargs, return_tensors="pt"
     )
     text = backbone.tokenizer([backbone.prompt.replace("<|audio_pad|>", replacement)], return_tensors="pt")
-    return {
-        "input_ids": text["input_ids"],
-        "attention_mask": text["attention_mask"],
-        "input_features": audio["input_features"],
-        "feature_attention_mask": audio["feature_attention_mask"],
-    }
+    return omni_checks.thinker_inputs(text, audio)
 
 
 def test_only_the_thinker_without_lm_head_is_loaded(omni, omni_dir: Path) -> None:
@@ -100,20 +92,14 @@ def test_audio_encoder_matches_the_stock_processor_run(omni, seconds: float) -> 
     """The processor pads nothing for one clip; the encoder chunks it by 100 frames and attends in windows."""
     clip = tone(523.0, seconds, seed=int(seconds * 100))
     inputs = processor_inputs(omni, clip)
-    with torch.no_grad():
-        stock = omni.model.get_audio_features(inputs["input_features"], inputs["feature_attention_mask"])
-        [ours] = omni.audio_tokens([clip])
-    assert ours.shape == stock.last_hidden_state.shape
-    assert (ours - stock.last_hidden_state).abs().max().item() < 1e-5
+    omni_checks.check_encoder_matches_stock(omni, clip, inputs)
     assert qwen3_mel(omni.feature_extractor, clip).shape[-1] == int(inputs["feature_attention_mask"].sum())
 
 
 def test_audio_encoder_batch_equals_one_clip_at_a_time(omni) -> None:
     clips = [tone(440.0, 0.3), tone(880.0, 2.6, seed=1), tone(1200.0, 0.7, seed=2), tone(300.0, 0.3, seed=5)]
+    batched = omni_checks.check_encoder_batch_equals_one_clip_at_a_time(omni, clips)
     with torch.no_grad():
-        batched = omni.audio_tokens(clips)
-        for clip, tokens in zip(clips, batched, strict=True):
-            assert (tokens - omni.audio_tokens([clip])[0]).abs().max().item() < 1e-5
         # Why short clips get their own call: in one stock call with a longer clip, a 0.3 s clip's
         # chunk is padded to 100 frames and its last convolution outputs change.
         mels = [qwen3_mel(omni.feature_extractor, clip) for clip in clips[:2]]
@@ -125,36 +111,23 @@ def test_audio_encoder_batch_equals_one_clip_at_a_time(omni) -> None:
 
 def test_prompt_is_the_processor_expansion(omni) -> None:
     clip = tone(440.0, 1.3)
-    inputs = processor_inputs(omni, clip)
-    [tokens] = omni.audio_tokens([clip])
-    d = omni.decoder
-    assert inputs["input_ids"][0].tolist() == d.prefix_ids + [omni.audio_token_id] * tokens.shape[0] + d.suffix_ids
+    omni_checks.check_prompt_is_the_processor_expansion(omni, clip, processor_inputs(omni, clip))
     assert omni.prompt == QWEN3_DEFAULT_PROMPT and "<|audio_start|><|audio_pad|><|audio_end|>" in QWEN3_DEFAULT_PROMPT
 
 
 def test_audio_only_rotary_positions_are_plain(omni_dir: Path, omni) -> None:
-    """The 3-D (time, height, width) positions of an audio-only prompt are 0..n-1 on every axis."""
-    thinker = stock_thinker(omni_dir)
-    inputs = processor_inputs(omni, tone(440.0, 2.0))
-    positions, _ = thinker.model.get_rope_index(
-        inputs["input_ids"],
-        attention_mask=inputs["attention_mask"],
-        audio_seqlens=inputs["feature_attention_mask"].sum(-1),
+    omni_checks.check_audio_only_rotary_positions_are_plain(
+        stock_thinker(omni_dir), processor_inputs(omni, tone(440.0, 2.0))
     )
-    n = inputs["input_ids"].shape[1]
-    assert torch.equal(positions, torch.arange(n).expand(3, 1, n))
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_heads_match_the_stock_full_thinker_forward(omni_dirs: dict[str, Path], shape: str) -> None:
-    backbone = load_backbone(omni_dirs[shape])
-    thinker = stock_thinker(omni_dirs[shape])
-    clips = [tone(440.0, 1.0), tone(1800.0, 0.7, seed=4), tone(300.0, 4.3, seed=2)]
-    ours = backbone.head_activations(clips)  # one batch: right-padded rows
-    assert ours.shape == (3, 4, SHAPES[shape]["n_heads"], SHAPES[shape]["head_dim"])
-    for i, clip in enumerate(clips):
-        ref = checks.stock_heads(thinker, processor_inputs(backbone, clip)).view_as(ours[i])
-        assert (ref - ours[i]).abs().max().item() < 1e-5
+    backbone, thinker = load_backbone(omni_dirs[shape]), stock_thinker(omni_dirs[shape])
+    dims = SHAPES[shape]
+    omni_checks.check_heads_match_the_stock_thinker(
+        backbone, thinker, processor_inputs, dims["n_heads"], dims["head_dim"]
+    )
 
 
 def test_early_exit_equals_the_full_run(omni) -> None:

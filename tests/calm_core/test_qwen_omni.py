@@ -17,6 +17,8 @@ from calm_core.backbones.qwen_omni import DEFAULT_PROMPT, omni_mel
 from calm_core.errors import AudioError, ModelLoadError
 from calm_core.testing import make_tiny_qwen2_5_omni, tone
 
+from . import qwen_omni_checks as omni_checks
+
 # Two shapes that differ where the 3B and 7B configs do: head count, head_dim and key/value grouping.
 SHAPES = {
     "4 heads of 16, 2 kv": {"hidden": 64, "n_heads": 4, "n_kv_heads": 2},
@@ -41,13 +43,9 @@ def omni(omni_dir: Path):
 
 
 def stock_thinker(model_dir: Path):  # type: ignore[no-untyped-def]
-    """The whole stock thinker, vocabulary projection included, as transformers loads it from the folder."""
-    from transformers import AutoConfig, Qwen2_5OmniThinkerForConditionalGeneration
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
-    config = AutoConfig.from_pretrained(model_dir)
-    return Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
-        model_dir, config=getattr(config, "thinker_config", config)
-    ).eval()
+    return omni_checks.stock_thinker(model_dir, Qwen2_5OmniThinkerForConditionalGeneration)
 
 
 def processor_inputs(backbone, clip: np.ndarray) -> dict[str, torch.Tensor]:
@@ -65,26 +63,7 @@ def processor_inputs(backbone, clip: np.ndarray) -> dict[str, torch.Tensor]:
         proc, [clip], sampling_rate=16000, return_attention_mask=True, return_tensors="pt"
     )
     text = backbone.tokenizer([backbone.prompt.replace("<|AUDIO|>", replacement)], return_tensors="pt")
-    return {
-        "input_ids": text["input_ids"],
-        "attention_mask": text["attention_mask"],
-        "input_features": audio["input_features"],
-        "feature_attention_mask": audio["feature_attention_mask"],
-    }
-
-
-def stock_heads(thinker, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Every layer's o_proj input at the last token of the stock thinker forward: (L, H * D)."""
-    captured: list[torch.Tensor] = []
-    hooks = [
-        layer.self_attn.o_proj.register_forward_pre_hook(lambda _m, a: captured.append(a[0][0, -1]))
-        for layer in thinker.model.language_model.layers
-    ]
-    with torch.no_grad():
-        thinker(**inputs)
-    for hook in hooks:
-        hook.remove()
-    return torch.stack(captured)
+    return omni_checks.thinker_inputs(text, audio)
 
 
 def test_only_the_thinker_without_lm_head_is_loaded(omni, omni_dir: Path) -> None:
@@ -102,56 +81,35 @@ def test_only_the_thinker_without_lm_head_is_loaded(omni, omni_dir: Path) -> Non
 @pytest.mark.parametrize("seconds", [0.1, 1.0, 2.01, 4.37, 29.99, 31.0])
 def test_audio_encoder_matches_the_stock_padded_masked_run(omni, seconds: float) -> None:
     clip = tone(523.0, seconds, seed=int(seconds * 100))
-    thinker = omni.model
     inputs = processor_inputs(omni, clip)
-    with torch.no_grad():
-        stock = thinker.get_audio_features(inputs["input_features"], inputs["feature_attention_mask"])
-        [ours] = omni.audio_tokens([clip])
-    assert ours.shape == stock.last_hidden_state.shape
-    assert (ours - stock.last_hidden_state).abs().max().item() < 1e-5
+    omni_checks.check_encoder_matches_stock(omni, clip, inputs)
     assert omni_mel(omni.feature_extractor, clip).shape[-1] == int(inputs["feature_attention_mask"].sum())
 
 
 def test_audio_encoder_batch_equals_one_clip_at_a_time(omni) -> None:
     clips = [tone(440.0, 0.3), tone(880.0, 2.6, seed=1), tone(1200.0, 1.1, seed=2)]
-    with torch.no_grad():
-        batched = omni.audio_tokens(clips)
-        for clip, tokens in zip(clips, batched, strict=True):
-            assert (tokens - omni.audio_tokens([clip])[0]).abs().max().item() < 1e-5
+    omni_checks.check_encoder_batch_equals_one_clip_at_a_time(omni, clips)
 
 
 def test_prompt_is_the_processor_expansion(omni) -> None:
     clip = tone(440.0, 1.3)
-    inputs = processor_inputs(omni, clip)
-    [tokens] = omni.audio_tokens([clip])
-    d = omni.decoder
-    assert inputs["input_ids"][0].tolist() == d.prefix_ids + [omni.audio_token_id] * tokens.shape[0] + d.suffix_ids
+    omni_checks.check_prompt_is_the_processor_expansion(omni, clip, processor_inputs(omni, clip))
     assert omni.prompt == DEFAULT_PROMPT and "<|audio_bos|><|AUDIO|><|audio_eos|>" in DEFAULT_PROMPT
 
 
 def test_audio_only_rotary_positions_are_plain(omni_dir: Path, omni) -> None:
-    """The 3-D (time, height, width) positions of an audio-only prompt are 0..n-1 on every axis."""
-    thinker = stock_thinker(omni_dir)
-    inputs = processor_inputs(omni, tone(440.0, 2.0))
-    positions, _ = thinker.model.get_rope_index(
-        inputs["input_ids"],
-        attention_mask=inputs["attention_mask"],
-        audio_seqlens=inputs["feature_attention_mask"].sum(-1),
+    omni_checks.check_audio_only_rotary_positions_are_plain(
+        stock_thinker(omni_dir), processor_inputs(omni, tone(440.0, 2.0))
     )
-    n = inputs["input_ids"].shape[1]
-    assert torch.equal(positions, torch.arange(n).expand(3, 1, n))
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_heads_match_the_stock_full_thinker_forward(omni_dirs: dict[str, Path], shape: str) -> None:
-    backbone = load_backbone(omni_dirs[shape])
-    thinker = stock_thinker(omni_dirs[shape])
-    clips = [tone(440.0, 1.0), tone(1800.0, 0.7, seed=4), tone(300.0, 4.3, seed=2)]
-    ours = backbone.head_activations(clips)  # one batch: right-padded rows
-    assert ours.shape == (3, 4, SHAPES[shape]["n_heads"], SHAPES[shape]["hidden"] // SHAPES[shape]["n_heads"])
-    for i, clip in enumerate(clips):
-        ref = stock_heads(thinker, processor_inputs(backbone, clip)).view_as(ours[i])
-        assert (ref - ours[i]).abs().max().item() < 1e-5
+    backbone, thinker = load_backbone(omni_dirs[shape]), stock_thinker(omni_dirs[shape])
+    dims = SHAPES[shape]
+    omni_checks.check_heads_match_the_stock_thinker(
+        backbone, thinker, processor_inputs, dims["n_heads"], dims["hidden"] // dims["n_heads"]
+    )
 
 
 def test_early_exit_equals_the_full_run(omni) -> None:
