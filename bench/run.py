@@ -424,10 +424,16 @@ def bench_nf4(name: str) -> dict[str, Any]:
 
 
 def report(results: dict[str, Any]) -> str:
-    lines = [
-        "# Performance", "",
-        f"Command: `{results['command']}`  ", f"Machine: {results['machine']}  ", f"Date: {results['date']}", "",
-        "Sections come from the runs that last wrote them (`--steps` merges). Compared timings are "
+    lines = ["# Performance", "", "| sections | command | machine | date |", "|---|---|---|---|"]
+    by_run: dict[tuple[str, str, str], list[str]] = {}
+    for step, run in results.get("runs", {}).items():
+        if step in results:
+            by_run.setdefault((run["command"], run["machine"], run["date"]), []).append(step)
+    for (command, machine, date), sections in by_run.items():
+        lines.append(f"| {', '.join(sections)} | `{command}` | {machine} | {date} |")
+    lines += [
+        "",
+        "Each section comes from the run that last wrote it (`--steps` merges). Compared timings are "
         "interleaved pairs (A B, B A, ...): on a busy machine load drifts and a pair shares it, so the "
         "median of the per-pair ratios is reported with its interquartile range and range; a wide IQR "
         "means the machine was busy, not that the code varies.", "",
@@ -541,12 +547,13 @@ def main() -> int:
     work = CACHE / "work"
     work.mkdir(parents=True, exist_ok=True)
     big = [] if args.quick else ["medium"]
-    results: dict[str, Any] = {
+    run = {
         "command": " ".join(["python", *sys.argv]),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, CPU, "
-        f"load average {os.getloadavg()[0]:.1f} at the start (a shared machine: other work runs beside it)",
+        f"load average {os.getloadavg()[0]:.1f} at the start",
         "date": time.strftime("%Y-%m-%d"),
     }
+    results: dict[str, Any] = {"runs": {}}
     steps = [
         ("early_exit", lambda: [bench_early_exit(m) for m in ["tiny", *big, "whisper"]]),
         ("memory", lambda: [bench_memory(m) for m in ["tiny", *big]]),
@@ -566,11 +573,17 @@ def main() -> int:
         if unknown:
             p.error(f"unknown --steps {', '.join(unknown)}; allowed: {', '.join(k for k, _ in steps)}")
         if json_out.is_file():  # merge into the existing report; a new --out starts empty
-            results = {**json.loads(json_out.read_text()), **results}
+            old = json.loads(json_out.read_text())
+            legacy = {k: old.pop(k) for k in ("command", "machine", "date") if k in old}
+            if legacy:  # a report from before per-section runs: its header named only its last run
+                legacy["command"] = "bench/run.py (earlier runs, not recorded per section)"
+            runs = old.pop("runs", None) or {k: legacy for k in old if legacy}
+            results = {**old, "runs": runs}
         steps = [(k, fn) for k, fn in steps if k in args.steps]
     for key, fn in steps:
         t = time.perf_counter()
         results[key] = fn()
+        results["runs"][key] = run
         print(f"{key}: {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report(results) + "\n")
