@@ -187,3 +187,22 @@ def test_gpu_suite_without_cuda_fails_naming_the_device() -> None:
     )
     assert done.returncode == 2
     assert "'cuda' was requested but CUDA is not available" in done.stderr
+
+
+def test_bench_steps_write_a_new_report_folder_and_name_the_run_of_each_section(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "not" / "yet" / "perf.md"  # --steps with a folder that does not exist used to crash
+    cmd = [sys.executable, "bench/run.py", "--quick", "--steps", "memory", "--out", str(out)]
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert set(report["runs"]) == {"memory"} and "--steps memory" in report["runs"]["memory"]["command"]
+    assert "load average" in report["runs"]["memory"]["machine"]
+    text = out.read_text()
+    assert "| memory | `" in text and "## 2. Resident memory by layers loaded — tiny" in text
+    bad = subprocess.run([*cmd[:4], "nosuchstep", "--out", str(out)], cwd=root, capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown --steps nosuchstep" in bad.stderr
