@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import jsonschema
@@ -38,9 +39,21 @@ def source_audio(seconds: float, seed: int = 0) -> np.ndarray:
     return (rng.integers(-8000, 8000, int(seconds * SR)) / 32768).astype(np.float32)
 
 
-def recorder(tmp_path: Path, metrics: Metrics | None = None, **clips) -> ClipRecorder:
+def recorder(
+    tmp_path: Path, metrics: Metrics | None = None, clock: Callable[[], float] = time.time, **clips
+) -> ClipRecorder:
     cfg = ClipsSection(enabled=True, dir=tmp_path / "clips", min_free_mb=0, **clips)
-    return ClipRecorder(cfg, end_after_s=3.0, metrics=metrics or Metrics(), classifier=CLASSIFIER)
+    return ClipRecorder(cfg, end_after_s=3.0, metrics=metrics or Metrics(), classifier=CLASSIFIER, clock=clock)
+
+
+def clips_two_days_apart(rec: ClipRecorder, now: list[float]) -> tuple[str, str]:
+    """An old clip, then two days later (on the recorder's clock) a recent one."""
+    feed(rec, "door", source_audio(20.0))
+    old = rec.save("door", event("dog", (0.0, 1.0, 0.5)), T0)
+    now[0] += 2 * 86_400
+    recent = rec.save("door", event("cat", (2.0, 3.0, 0.5)), T0)
+    assert old is not None and recent is not None
+    return old, recent
 
 
 def feed(rec: ClipRecorder, stream: str, audio: np.ndarray, chunk: int = 4_800) -> None:
@@ -183,13 +196,8 @@ def test_a_clip_larger_than_the_quota_is_refused_and_nothing_is_deleted(tmp_path
 def test_clips_past_max_age_are_deleted_before_a_new_one_is_written(tmp_path: Path) -> None:
     metrics = Metrics()
     now = [time.time()]
-    cfg = ClipsSection(enabled=True, dir=tmp_path / "clips", min_free_mb=0, pre_roll_s=0, post_roll_s=0, max_age_days=7)
-    rec = ClipRecorder(cfg, end_after_s=3.0, metrics=metrics, classifier=CLASSIFIER, clock=lambda: now[0])
-    feed(rec, "door", source_audio(20.0))
-    old = rec.save("door", event("dog", (0.0, 1.0, 0.5)), T0)
-    now[0] += 2 * 86_400
-    recent = rec.save("door", event("cat", (2.0, 3.0, 0.5)), T0)
-    assert old is not None and recent is not None
+    rec = recorder(tmp_path, metrics, clock=lambda: now[0], pre_roll_s=0, post_roll_s=0, max_age_days=7)
+    old, recent = clips_two_days_apart(rec, now)
     now[0] += 6 * 86_400  # old: 8 days, recent: 6
     assert rec.save("door", event("dog", (4.0, 5.0, 0.5)), T0) is not None
     assert not (tmp_path / "clips" / old).exists() and not (tmp_path / "clips" / old).with_suffix(".json").exists()
@@ -225,13 +233,8 @@ def heartbeat(seq: int = 0) -> StatusEvent:
 def test_clips_past_max_age_are_deleted_at_a_status_with_no_new_event(tmp_path: Path) -> None:
     metrics = Metrics()
     now = [time.time()]
-    cfg = ClipsSection(enabled=True, dir=tmp_path / "clips", min_free_mb=0, pre_roll_s=0, post_roll_s=0, max_age_days=7)
-    rec = ClipRecorder(cfg, end_after_s=3.0, metrics=metrics, classifier=CLASSIFIER, clock=lambda: now[0])
-    feed(rec, "door", source_audio(20.0))
-    old = rec.save("door", event("dog", (0.0, 1.0, 0.5)), T0)
-    now[0] += 2 * 86_400
-    recent = rec.save("door", event("cat", (2.0, 3.0, 0.5)), T0)
-    assert old is not None and recent is not None
+    rec = recorder(tmp_path, metrics, clock=lambda: now[0], pre_roll_s=0, post_roll_s=0, max_age_days=7)
+    old, recent = clips_two_days_apart(rec, now)
     rec.event(heartbeat(0))
     assert (tmp_path / "clips" / old).exists()  # 2 days old: kept
     now[0] += 6 * 86_400  # old: 8 days, recent: 6
