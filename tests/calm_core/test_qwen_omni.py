@@ -17,6 +17,7 @@ from calm_core.backbones.qwen_omni import DEFAULT_PROMPT, omni_mel
 from calm_core.errors import AudioError, ModelLoadError
 from calm_core.testing import make_tiny_qwen2_5_omni, tone
 
+from . import audio_lm_checks as checks
 from . import qwen_omni_checks as omni_checks
 
 # Two shapes that differ where the 3B and 7B configs do: head count, head_dim and key/value grouping.
@@ -113,23 +114,11 @@ def test_heads_match_the_stock_full_thinker_forward(omni_dirs: dict[str, Path], 
 
 
 def test_early_exit_equals_the_full_run(omni) -> None:
-    clips = [tone(300.0, 0.8), tone(2000.0, 1.2, seed=9)]
-    full = omni.head_activations(clips)
-    for exit_layer in range(omni.loaded_layers):
-        early = omni.head_activations(clips, exit_layer=exit_layer)
-        assert early.shape[1] == exit_layer + 1
-        assert torch.equal(early[:, :exit_layer], full[:, :exit_layer])
-        # The exit layer itself may be computed for the last token only (decoder.py): equal within rounding.
-        assert torch.allclose(early[:, exit_layer], full[:, exit_layer], atol=1e-5)
+    checks.check_early_exit_exact(omni, [tone(300.0, 0.8), tone(2000.0, 1.2, seed=9)])
 
 
 def test_early_exit_stops_the_forward(omni) -> None:
-    ran = []
-    hooks = [layer.register_forward_hook(lambda *_: ran.append(1)) for layer in omni.text_layers]
-    omni.head_activations([tone(440.0, 0.5)], exit_layer=1)
-    for h in hooks:
-        h.remove()
-    assert len(ran) <= 1  # layer 0 completes (unless its keys were cached); layer 1 stops at its o_proj
+    checks.check_early_exit_stops(omni, tone(440.0, 0.5))
 
 
 def test_truncated_load_builds_fewer_layers_and_gives_the_same_heads(omni, omni_dir: Path) -> None:
