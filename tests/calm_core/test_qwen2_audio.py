@@ -11,6 +11,8 @@ from calm_core.backbones.qwen2_audio import mel_valid_frames
 from calm_core.errors import AudioError, ModelLoadError
 from calm_core.testing import make_tiny_qwen2_audio, tone
 
+from . import audio_lm_checks as checks
+
 
 def stock_audio_tokens(backbone, clip: np.ndarray) -> torch.Tensor:
     """The stock path: 30 s padded mel, masked encoder, as Qwen2AudioModel.forward builds it."""
@@ -75,21 +77,11 @@ def test_heads_match_the_stock_full_forward(backbone, tiny_model_dir: Path) -> N
 
 
 def test_early_exit_equals_full_forward_exactly(backbone) -> None:
-    clips = [tone(300.0, 0.8), tone(2000.0, 1.2, seed=9)]
-    full = backbone.head_activations(clips)
-    for exit_layer in range(backbone.loaded_layers):
-        early = backbone.head_activations(clips, exit_layer=exit_layer)
-        assert early.shape[1] == exit_layer + 1
-        assert torch.equal(early, full[:, : exit_layer + 1])
+    checks.check_early_exit_exact(backbone, [tone(300.0, 0.8), tone(2000.0, 1.2, seed=9)])
 
 
 def test_early_exit_stops_the_forward(backbone) -> None:
-    ran = []
-    hooks = [layer.register_forward_hook(lambda *_: ran.append(1)) for layer in backbone.text_layers]
-    backbone.head_activations([tone(440.0, 0.5)], exit_layer=1)
-    for h in hooks:
-        h.remove()
-    assert len(ran) == 1  # layer 0 completes; layer 1 stops at its o_proj
+    checks.check_early_exit_stops(backbone, tone(440.0, 0.5))
 
 
 def test_batched_equals_one_by_one(backbone) -> None:
