@@ -175,8 +175,7 @@ def bench_memory(name: str) -> dict[str, Any]:
 
 # ---- 3. valid-frame audio encoder ------------------------------------------------------------
 def bench_valid_frames(name: str, device: str = "cpu", repeats: int = 5) -> dict[str, Any]:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "calm_core"))
-    from test_qwen2_audio import stock_audio_tokens
+    from calm_core.testing.qwen2_audio import stock_audio_tokens
 
     bb = load_backbone(model_dir(name), LoadOptions(device=device))
     rows = []
@@ -347,12 +346,14 @@ def bench_pipeline(model: str, work: Path) -> dict[str, Any]:
     service, _ = _service(model, clf, [{"id": "f", "type": "file", "path": str(wav), "realtime": False}])
     t = time.perf_counter()
     service.start()
-    while not service.all_finished() or service.queue.items:
-        time.sleep(0.01)
-    wall = time.perf_counter() - t
-    model_s = service.metrics.inference_seconds._sum.get()
-    segments = service.stats["f"].segments
-    service.stop(5)
+    try:
+        while not service.all_finished() or service.queue.items:
+            time.sleep(0.01)
+        wall = time.perf_counter() - t
+        model_s = service.metrics.inference_seconds._sum.get()
+        segments = service.streams.stats["f"].segments
+    finally:
+        service.stop(5)
     return {
         "audio_s": 120,
         "segments": segments,
@@ -376,15 +377,17 @@ def bench_latency(model: str, work: Path, stream_counts: list[int], seconds: flo
         with Subscriber(endpoint) as sub:
             time.sleep(0.3)
             service.start()
-            deadline = time.monotonic() + seconds
-            while time.monotonic() < deadline:
-                event = sub.receive(timeout_s=0.2)
-                if isinstance(event, LabelEvent):
-                    end = service.stats[event.stream].t0_wall + event.end_s  # type: ignore[operator]
-                    lat.append((time.time() - end) * 1e3)
-                elif isinstance(event, StatusEvent):
-                    status = event
-        service.stop(2)
+            try:
+                deadline = time.monotonic() + seconds
+                while time.monotonic() < deadline:
+                    event = sub.receive(timeout_s=0.2)
+                    if isinstance(event, LabelEvent):
+                        end = service.streams.stats[event.stream].t0_wall + event.end_s  # type: ignore[operator]
+                        lat.append((time.time() - end) * 1e3)
+                    elif isinstance(event, StatusEvent):
+                        status = event
+            finally:
+                service.stop(2)
         dropped = sum(s.dropped for s in status.streams.values()) if status else -1
         q = np.percentile(lat, [50, 95, 99]) if lat else [float("nan")] * 3
         rows.append(
@@ -537,6 +540,11 @@ def main() -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--model", help="with --device cuda: a Qwen2-Audio folder (7B, loaded in NF4)")
     p.add_argument("--quick", action="store_true", help="tiny and whisper models only, short latency runs")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every step on the tiny inputs with 2 repeats: checks the bench runs, measures nothing (the test suite)",
+    )
     p.add_argument("--out", type=Path, default=Path("docs/performance.md"))
     p.add_argument("--steps", nargs="+", help="run only these sections and merge them into the existing report")
     args = p.parse_args()
@@ -546,7 +554,10 @@ def main() -> int:
         return run_gpu(args)
     work = CACHE / "work"
     work.mkdir(parents=True, exist_ok=True)
-    big = [] if args.quick else ["medium"]
+    big = [] if args.quick or args.smoke else ["medium"]
+    reps = {"repeats": 2} if args.smoke else {}
+    counts = [2] if args.smoke else [1, 4] if args.quick else [1, 4, 16, 32, 64, 96]
+    seconds = 3.0 if args.smoke else 15.0
     run = {
         "command": " ".join(["python", *sys.argv]),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, CPU, "
@@ -555,17 +566,14 @@ def main() -> int:
     }
     results: dict[str, Any] = {"runs": {}}
     steps = [
-        ("early_exit", lambda: [bench_early_exit(m) for m in ["tiny", *big, "whisper"]]),
+        ("early_exit", lambda: [bench_early_exit(m, **reps) for m in ["tiny", *big, "whisper"]]),
         ("memory", lambda: [bench_memory(m) for m in ["tiny", *big]]),
-        ("valid_frames", lambda: [bench_valid_frames(m) for m in ["tiny", *big]]),
+        ("valid_frames", lambda: [bench_valid_frames(m, **reps) for m in ["tiny", *big]]),
         ("pipeline", lambda: bench_pipeline(model_dir("whisper"), work)),
-        (
-            "latency",
-            lambda: bench_latency(model_dir("whisper"), work, [1, 4, 16, 32, 64, 96] if not args.quick else [1, 4], 15),
-        ),
+        ("latency", lambda: bench_latency(model_dir("whisper"), work, counts, seconds)),
         ("batching", lambda: [bench_batching(m) for m in ["tiny", *big, "whisper"]]),
         ("nf4", lambda: bench_nf4("medium" if big else "tiny")),
-        ("faster", lambda: [bench_faster(m) for m in [*(big or ["tiny"]), "whisper"]]),
+        ("faster", lambda: [bench_faster(m, **reps) for m in [*(big or ["tiny"]), "whisper"]]),
     ]
     json_out = args.out.with_suffix(".json")
     if args.steps:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Everything calm needs on a Debian/Ubuntu machine, shared by `make demo`, `make test` and .ci/run:
 # the Debian packages (installed when run as root; otherwise the exact apt-get line is printed and the
-# script stops), then .venv with the pinned CPU build of torch first and the package with its dev extras.
-# Running it again is cheap: installed packages are skipped.
+# script stops), then .venv with the pinned CPU build of torch first, every other package at the exact
+# version and hash in requirements/lock.txt (what the test suite passed with; bash scripts/lock.sh
+# refreshes it), and calm itself. Running it again is cheap: installed packages are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,8 +51,20 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
+pip=(.venv/bin/python -m pip)
+"${pip[@]}" install -q --upgrade pip
 # torch first, so that the range in pyproject.toml is already met and installs nothing bigger.
-.venv/bin/python -m pip install -q "$TORCH"
-.venv/bin/python -m pip install -q -e ".[dev]"
+"${pip[@]}" install -q "$TORCH"
+platform=$(.venv/bin/python -c 'import platform, sys; print(f"{sys.implementation.name}{sys.version_info[0]}.{sys.version_info[1]}-{platform.system()}-{platform.machine()}")')
+if [ "$platform" = "cpython3.11-Linux-x86_64" ]; then
+    # Exactly what was tested: every package pinned with its hashes (--no-deps: the lock is complete,
+    # and pip check below proves it), then calm itself without resolving anything again.
+    "${pip[@]}" install -q --require-hashes --no-deps -r requirements/lock.txt
+    "${pip[@]}" install -q --no-deps --no-build-isolation -e .
+    "${pip[@]}" check
+else
+    echo "setup: requirements/lock.txt is for cpython3.11-Linux-x86_64, this is $platform:" \
+        "installing the newest releases pyproject.toml allows instead (untested combinations may break)" >&2
+    "${pip[@]}" install -q -e ".[dev]"
+fi
 echo "setup: ready (.venv: $(.venv/bin/python -c 'import torch, calm_core, calmd; print("torch", torch.__version__)'))"

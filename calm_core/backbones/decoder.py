@@ -9,6 +9,7 @@ the exit layer computes its queries for the last token only (last_token.py).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,19 @@ def split_prompt(tokenizer: Any, prompt: str, placeholder: str) -> tuple[list[in
         tokenizer(head, add_special_tokens=False)["input_ids"],
         tokenizer(tail, add_special_tokens=False)["input_ids"],
     )
+
+
+def cache_keyword(language_model: torch.nn.Module) -> str:
+    """The name a decoder's forward takes its KV cache under: transformers 5.25 renamed
+    past_key_values to cache (the old name is deprecated, to be removed in 5.40)."""
+    parameters = inspect.signature(language_model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def output_cache(out: Any) -> Any:
+    """The KV cache a decoder's forward returned, under either name (see cache_keyword)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 def o_proj(layer: Any) -> torch.nn.Module:
@@ -135,12 +149,11 @@ class PromptDecoder:
             cache = DynamicCache(config=self.language_model.config)  # the read-outs take keys from it
 
         def run() -> object:
-            return self.language_model(
-                inputs_embeds=embeds, attention_mask=mask, past_key_values=cache, use_cache=cache is not None
-            )
+            kwargs = {cache_keyword(self.language_model): cache}
+            return self.language_model(inputs_embeds=embeds, attention_mask=mask, use_cache=cache is not None, **kwargs)
 
         if use_last:
-            return self._last_token_read(run, last, exit_layer)
+            return self._last_token_read(run, cache, last, exit_layer)
         rows = torch.arange(embeds.shape[0])
         return capture_heads(
             run,
@@ -148,9 +161,12 @@ class PromptDecoder:
             lambda x: x[rows, last.to(x.device)],  # the projection's input: (B, T, H * D)
         )
 
-    def _last_token_read(self, run: Callable[[], object], last: torch.Tensor, exit_layer: int) -> list[torch.Tensor]:
+    def _last_token_read(
+        self, run: Callable[[], object], cache: Any, last: torch.Tensor, exit_layer: int
+    ) -> list[torch.Tensor]:
         """Heads of layers 0..exit_layer through last_token_heads: layers before the exit run stock
-        and fill the cache; the exit layer computes its keys and values and stops there."""
+        and fill `cache` (the one run passes to the forward); the exit layer computes its keys and
+        values and stops there."""
         heads: list[torch.Tensor] = []
         inputs: dict[int, tuple[torch.Tensor, dict[str, Any]]] = {}
 
@@ -158,15 +174,10 @@ class PromptDecoder:
             def hook(_layer: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
                 inputs[i] = (args[0] if args else kwargs["hidden_states"], kwargs)
                 if i == exit_layer:
-                    read(
-                        i, *cache_keys_values(self.layers[i], inputs[i][0], kwargs["position_embeddings"], cache_of(i))
-                    )
+                    read(i, *cache_keys_values(self.layers[i], inputs[i][0], kwargs["position_embeddings"], cache))
                     raise StopForward
 
             return hook
-
-        def cache_of(i: int) -> Any:
-            return inputs[i][1]["past_key_values"]
 
         def read(i: int, keys: torch.Tensor, values: torch.Tensor) -> None:
             hidden, kwargs = inputs.pop(i)
@@ -178,7 +189,7 @@ class PromptDecoder:
         def before_o_proj(i: int) -> Callable[..., None]:
             def hook(_module: torch.nn.Module, _args: tuple[Any, ...]) -> None:
                 # After this layer's update: all its keys and values, as its attention used them.
-                layer_cache = cache_of(i).layers[self.layers[i].self_attn.layer_idx]
+                layer_cache = cache.layers[self.layers[i].self_attn.layer_idx]
                 read(i, layer_cache.keys, layer_cache.values)
 
             return hook
@@ -219,6 +230,6 @@ class PromptDecoder:
             ids = torch.tensor([self.prefix_ids], device=self.device)
             embeds = self.language_model.get_input_embeddings()(ids)
             out = self.language_model(inputs_embeds=embeds, attention_mask=torch.ones_like(ids), use_cache=True)
-            layers = out.past_key_values.layers
+            layers = output_cache(out).layers
             self._prefix = PrefixStates(key, [c.keys for c in layers], [c.values for c in layers])
         return self._prefix

@@ -3,16 +3,20 @@ projector into a Granite language model, with the speech LoRA the released check
 the weights (adapter_config.json + adapter_model.safetensors).
 
 The stock model turns its LoRA on whenever audio is given and off for text alone; CALM always gives
-audio, so the LoRA is loaded with peft and stays on for every forward (prefix included, as in the
-stock forward). peft wraps the attention projections, o_proj among them; the heads are the input of
+audio, so the LoRA is loaded with peft's own API (not transformers' integration, whose peft version
+floor can exceed what is released) and stays on for every forward (prefix included, as in the stock
+forward). peft wraps the attention projections, o_proj among them; the heads are the input of
 that wrapped o_proj, which is still every head's output.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-from collections.abc import Sequence
+import re
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +48,8 @@ DEFAULT_PROMPT = (
 # Kept in the compute dtype under NF4: the conformer and the Q-Former projector.
 AUDIO_MODULES = ("encoder", "projector")
 ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_PREFIX = "adapter_"  # adapter_config.json, adapter_model.safetensors
 # adapter_config.json keys that say where or with what the adapter was written, not what it computes.
 _VOLATILE_ADAPTER_KEYS = ("base_model_name_or_path", "peft_version", "revision", "inference_mode")
 
@@ -162,6 +168,61 @@ def adapter_settings(model_dir: Path, config: Any) -> str:
     return canonical_json({k: v for k, v in settings.items() if k not in _VOLATILE_ADAPTER_KEYS})
 
 
+@contextlib.contextmanager
+def folder_without_adapter(model_dir: Path) -> Iterator[Path]:
+    """A temporary folder of links to every file of model_dir except the adapter's."""
+    with tempfile.TemporaryDirectory(prefix="calm-granite-") as tmp:
+        view = Path(tmp)
+        for entry in model_dir.iterdir():
+            if not entry.name.startswith(ADAPTER_PREFIX):
+                (view / entry.name).symlink_to(entry.resolve())
+        yield view
+
+
+def lora_key(adapter_key: str) -> str:
+    """An adapter tensor's name relative to GraniteSpeechModel, as peft's state-dict helpers name it.
+
+    Saved names start with peft's base_model.model. and follow the conditional-generation model's
+    layout: model.language_model. (transformers 5) or language_model.model. (the released checkpoints).
+    """
+    key = adapter_key.removeprefix("base_model.model.")
+    key = key.removeprefix("model.")
+    return key.replace("language_model.model.", "language_model.", 1)
+
+
+def decoder_layer(key: str) -> int:
+    """The decoder layer a tensor name belongs to; -1 for tensors outside the decoder's layers."""
+    match = re.match(r"language_model\.layers\.(\d+)\.", key)
+    return int(match.group(1)) if match else -1
+
+
+def load_speech_lora(model: torch.nn.Module, model_dir: Path) -> None:
+    """The folder's LoRA onto model through peft's own API, active; every tensor must find its place."""
+    from peft import PeftConfig, inject_adapter_in_model, set_peft_model_state_dict
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights_path = model_dir / ADAPTER_WEIGHTS
+    try:
+        config = PeftConfig.from_pretrained(str(model_dir), local_files_only=True)
+        weights = load_file(str(weights_path))
+    except (OSError, ValueError, SafetensorError) as e:
+        raise ModelLoadError(f"{model_dir}: could not read the speech LoRA ({e})") from e
+    config.inference_mode = True
+    inject_adapter_in_model(config, model, adapter_name="default")
+    built = len(model.language_model.layers)  # a truncated load builds the first layers only
+    state = {k: v for k, v in ((lora_key(k), v) for k, v in weights.items()) if decoder_layer(k) < built}
+    expected = {n.replace(".default.", ".") for n, _ in model.named_parameters() if ".default." in n}
+    missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"{weights_path}: the LoRA does not fit the model's layers"
+            f" (missing {len(missing)}: {missing[:3]}; unexpected {len(unexpected)}: {unexpected[:3]})"
+        )
+    set_peft_model_state_dict(model, state, adapter_name="default")
+    model.eval()  # the injected layers are built in training mode: their LoRA dropout would be on
+
+
 class GraniteSpeechBackbone(AudioLMBackbone):
     """Head activations of Granite Speech's Granite decoder (speech LoRA on) at the last prompt token.
 
@@ -186,15 +247,16 @@ class GraniteSpeechBackbone(AudioLMBackbone):
         try:
             with quiet_transformers():
                 self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
-                # The base model: no lm_head. With peft installed, from_pretrained also loads the
-                # adapter in the folder onto the decoder layers it built, as the stock model does.
-                self.model = GraniteSpeechModel.from_pretrained(self.model_dir, **kwargs).eval()
+                # The base model (no lm_head), from a view of the folder without the adapter: with peft
+                # installed, from_pretrained would load it through transformers' PEFT integration, which
+                # demands a peft release newer than any on the index (transformers 5.25: peft >= 0.22).
+                with folder_without_adapter(self.model_dir) as base_dir:
+                    self.model = GraniteSpeechModel.from_pretrained(base_dir, **kwargs).eval()
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"{self.model_dir}: could not load {self.title} ({e})") from e
         if self.lora != "none":
-            if not getattr(self.model, "_hf_peft_config_loaded", False):
-                raise ModelLoadError(f"{self.model_dir}: the speech LoRA in {ADAPTER_CONFIG} was not loaded")
-            self.model.enable_adapters()  # what the stock generate does whenever audio is given
+            # On for every forward: what the stock generate does whenever audio is given.
+            load_speech_lora(self.model, self.model_dir)
         self.feature_extractor = self.mel
 
     def make_fingerprint(self, config: Any) -> Fingerprint:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -60,7 +61,7 @@ def make_tiny_granite_speech(
     default B = 0 would make it a no-op); lora_seed draws other LoRA weights over the same model.
     The processor is written as files: GraniteSpeechFeatureExtractor cannot be built without torchaudio.
     """
-    from transformers import GraniteSpeechConfig, GraniteSpeechForConditionalGeneration, PreTrainedModel
+    from transformers import GraniteSpeechConfig, GraniteSpeechForConditionalGeneration
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -110,10 +111,7 @@ def make_tiny_granite_speech(
     model = random_model(GraniteSpeechForConditionalGeneration, config, seed)
     model.save_pretrained(out)
     if lora:
-        add_random_lora(model, seed if lora_seed is None else lora_seed)
-        # What the stock save_pretrained writes first: the adapter alone, in peft's format. (Its second
-        # step, the base again, would also store the LoRA tensors, which the released weights lack.)
-        PreTrainedModel.save_pretrained(model, str(out))
+        save_lora(add_random_lora(model, seed if lora_seed is None else lora_seed), model, out)
     tok.save_pretrained(out)
     (out / "preprocessor_config.json").write_text(
         json.dumps({**FEATURE_EXTRACTOR, "processor_class": "GraniteSpeechProcessor"}, indent=2)
@@ -124,9 +122,24 @@ def make_tiny_granite_speech(
     return out
 
 
-def add_random_lora(model: torch.nn.Module, seed: int) -> None:
-    """A peft LoRA on the decoder's attention projections, with random A and B."""
-    from peft import LoraConfig
+def save_lora(config: Any, model: torch.nn.Module, out: Path) -> None:
+    """The adapter alone in peft's format, as the released checkpoints ship it: adapter_config.json and
+    adapter_model.safetensors with names under base_model.model. (written with peft's own API)."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    config.save_pretrained(str(out))
+    state = get_peft_model_state_dict(model, adapter_name="default")
+    save_file(
+        {f"base_model.model.{k}": v.contiguous() for k, v in state.items()},
+        str(out / "adapter_model.safetensors"),
+        metadata={"format": "pt"},
+    )
+
+
+def add_random_lora(model: torch.nn.Module, seed: int) -> Any:
+    """A peft LoRA on the decoder's attention projections, with random A and B; its LoraConfig."""
+    from peft import LoraConfig, inject_adapter_in_model
 
     config = LoraConfig(
         r=4,
@@ -135,9 +148,10 @@ def add_random_lora(model: torch.nn.Module, seed: int) -> None:
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
         task_type="CAUSAL_LM",
     )
-    model.add_adapter(config)  # type: ignore[operator]
+    inject_adapter_in_model(config, model, adapter_name="default")
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_" in name:
                 p.copy_(torch.randn(p.shape, generator=generator) / p.shape[-1] ** 0.5)
+    return config

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from .common import random_model
@@ -97,3 +99,21 @@ def _legacy_key(key: str) -> str:
         if key.startswith(new):
             return old + key[len(new) :]
     return key
+
+
+def stock_audio_tokens(backbone: Any, clip: np.ndarray) -> torch.Tensor:
+    """The stock path: 30 s padded mel, masked encoder, as Qwen2AudioModel.forward builds it."""
+    from transformers.masking_utils import create_bidirectional_mask
+
+    m = backbone.model
+    fe = backbone.feature_extractor(
+        clip, sampling_rate=16000, return_attention_mask=True, padding="max_length", return_tensors="pt"
+    )
+    feat_len, out_len = m.audio_tower._get_feat_extract_output_lengths(fe["attention_mask"].sum(-1))
+    mask2d = (torch.arange(1500)[None] < feat_len[:, None]).long()
+    mask = create_bidirectional_mask(
+        config=m.audio_tower.config, inputs_embeds=torch.zeros(1, 1500, 1), attention_mask=mask2d
+    )
+    with torch.no_grad():
+        hidden = m.audio_tower(fe["input_features"], attention_mask=mask).last_hidden_state
+        return m.multi_modal_projector(hidden)[0, : int(out_len[0])]

@@ -31,13 +31,24 @@ def granite(model_dir: Path) -> GraniteSpeechBackbone:
 
 
 @pytest.fixture(scope="module")
-def stock(model_dir: Path):  # type: ignore[no-untyped-def]
-    """The stock model with its lm_head, the LoRA loaded from the folder by from_pretrained (peft)."""
+def stock_lora(model_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The stock model with its lm_head, with the folder's LoRA loaded by peft's PeftModel.from_pretrained
+    (peft's own loader and key handling, independent of the adapter's)."""
+    from peft import PeftModel
     from transformers import GraniteSpeechForConditionalGeneration
 
-    full = GraniteSpeechForConditionalGeneration.from_pretrained(model_dir).eval()
-    assert full.active_adapters() == ["default"]
-    return full
+    base = tmp_path_factory.mktemp("granite-base")
+    shutil.copytree(model_dir, base, dirs_exist_ok=True, ignore=shutil.ignore_patterns("adapter_*"))
+    full = GraniteSpeechForConditionalGeneration.from_pretrained(base).eval()
+    wrapped = PeftModel.from_pretrained(full, str(model_dir)).eval()
+    assert wrapped.active_adapters == ["default"]
+    return wrapped
+
+
+@pytest.fixture(scope="module")
+def stock(stock_lora):  # type: ignore[no-untyped-def]
+    """The stock conditional-generation model itself, the LoRA injected into its layers."""
+    return stock_lora.get_base_model()
 
 
 def stock_inputs(granite: GraniteSpeechBackbone, clip: np.ndarray) -> dict:
@@ -145,15 +156,12 @@ def test_heads_match_the_stock_full_forward_with_the_lora(granite, stock) -> Non
         assert (ref.flatten() - plain[i].flatten()).abs().max().item() < 1e-5
 
 
-def test_the_lora_is_on_and_changes_the_heads(granite, stock) -> None:
+def test_the_lora_is_on_and_changes_the_heads(granite, stock, stock_lora) -> None:
     layer = granite.text_layers[0].self_attn
     assert all(type(getattr(layer, p)).__module__.startswith("peft.") for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
     clip = tone(440.0, 1.0)
-    stock.disable_adapters()
-    try:
+    with stock_lora.disable_adapter():
         without = checks.stock_heads(stock, stock_inputs(granite, clip))
-    finally:
-        stock.enable_adapters()
     ours = granite.head_activations([clip])[0].flatten(1)
     assert (without - ours).abs().max().item() > 0.1
 
@@ -269,3 +277,25 @@ def test_too_short_clip_is_an_error(granite) -> None:
 def test_calm_fit_end_to_end(model_dir: Path, tone_sets, tmp_path: Path) -> None:
     result = checks.check_calm_fit(model_dir, tone_sets, tmp_path)
     assert result["calm"]["accuracy"] >= 0.5  # chance is 0.25
+
+
+def test_lora_names_of_both_checkpoint_layouts_map_onto_the_base_model() -> None:
+    from calm_core.backbones.granite_speech import lora_key
+
+    tail = "layers.3.self_attn.q_proj.lora_A.weight"
+    # transformers 5's layout and the released checkpoints' (language_model was a causal LM with .model)
+    assert lora_key(f"base_model.model.model.language_model.{tail}") == f"language_model.{tail}"
+    assert lora_key(f"base_model.model.language_model.model.{tail}") == f"language_model.{tail}"
+
+
+def test_lora_that_does_not_fit_is_an_error_naming_the_file(model_dir: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    edited = tmp_path / "renamed-lora"
+    shutil.copytree(model_dir, edited)
+    weights = load_file(str(edited / "adapter_model.safetensors"))
+    save_file({k.replace("q_proj", "x_proj"): v for k, v in weights.items()}, str(edited / "adapter_model.safetensors"))
+    with pytest.raises(
+        ModelLoadError, match=r"adapter_model.safetensors: the LoRA does not fit the model.s layers \(missing 8"
+    ):
+        load_backbone(edited)
