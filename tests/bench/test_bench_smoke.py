@@ -1,0 +1,61 @@
+"""Every benchmark runs end to end on tiny inputs, so that an internal API change breaks a test here
+instead of the next report. They measure nothing at this size; the assertions are that each step ran,
+wrote its section, and the process exited cleanly (no abort at interpreter exit)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def run_bench(args: list[str], tmp_path: Path, timeout: int) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, f"{args[0]} exited {done.returncode}:\n{done.stderr[-4000:]}"
+    # A daemon thread or C++ pool still running at exit aborts with this (and exit status 134).
+    assert "terminate called" not in done.stderr
+    return done
+
+
+def test_every_performance_step_runs_and_writes_its_section(tmp_path: Path) -> None:
+    out = tmp_path / "perf.md"
+    done = run_bench(["bench/run.py", "--smoke", "--out", str(out)], tmp_path, timeout=900)
+    steps = ["early_exit", "memory", "valid_frames", "pipeline", "latency", "batching", "nf4", "faster"]
+    for step in steps:
+        assert f"{step}: " in done.stderr, f"step {step} did not report"
+    results = json.loads(out.with_suffix(".json").read_text())
+    assert set(steps) <= set(results) and set(results["runs"]) == set(steps)
+    latency = results["latency"]["rows"][0]
+    assert latency["streams"] == 2 and latency["labels"] > 0 and latency["dropped"] == 0
+    report = out.read_text()
+    for number in range(1, 9):
+        assert f"\n## {number}. " in report
+
+
+def test_accuracy_bench_runs_on_a_small_draw(tmp_path: Path) -> None:
+    out = tmp_path / "accuracy.md"
+    run_bench(["bench/accuracy.py", "--models", "bundled:whisper-tiny.en", "--sets", "instruments",
+               "--shots", "2", "--draws", "2", "--out", str(out)], tmp_path, timeout=900)  # fmt: skip
+    results = json.loads(out.with_suffix(".json").read_text())
+    (key,) = results
+    methods = results[key]["shots"]["2"]["methods"]
+    assert {"calm", "paper", "sav", "probe"} <= set(methods)
+
+
+def test_spoof_bench_runs_on_a_small_draw(tmp_path: Path) -> None:
+    out = tmp_path / "spoof.md"
+    run_bench(["bench/spoof.py", "--models", "bundled:whisper-tiny.en", "--shots", "2", "--draws", "2",
+               "--figure-model", "whisper-tiny.en", "--figure-shots", "2", "--out", str(out)], tmp_path, timeout=900)  # fmt: skip
+    results = json.loads(out.with_suffix(".json").read_text())
+    assert "seen" in results["whisper-tiny.en"]["conditions"]
+    assert (tmp_path / "spoof-det.png").stat().st_size > 1000
