@@ -54,8 +54,9 @@ def test_accuracy_bench_runs_on_a_small_draw(tmp_path: Path) -> None:
 
 def test_spoof_bench_runs_on_a_small_draw(tmp_path: Path) -> None:
     out = tmp_path / "spoof.md"
-    run_bench(["bench/spoof.py", "--models", "bundled:whisper-tiny.en", "--shots", "2", "--draws", "2",
-               "--figure-model", "whisper-tiny.en", "--figure-shots", "2", "--out", str(out)], tmp_path, timeout=900)  # fmt: skip
+    args = ["bench/spoof.py", "--models", "bundled:whisper-tiny.en", "--shots", "2", "--draws", "2",
+            "--figure-model", "whisper-tiny.en", "--figure-shots", "2", "--out", str(out)]  # fmt: skip
+    run_bench(args, tmp_path, timeout=900)
     results = json.loads(out.with_suffix(".json").read_text())
     assert "seen" in results["whisper-tiny.en"]["conditions"]
     assert (tmp_path / "spoof-det.png").stat().st_size > 1000
