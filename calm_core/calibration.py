@@ -8,6 +8,7 @@ log-odds are far more confident than those of a new call and the threshold would
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from .backbones.base import HeadLayout
 from .classifier import CalmClassifier, CalmConfig
 from .detection import eer, log_odds
 from .fingerprint import Fingerprint
+from .fitting import recordings_per_class
 
 RULE = "eer"
 SCORE = "mean over segments of ln((p_pos + 1e-6) / (p_best_other + 1e-6)), CALM class scores"
@@ -36,25 +38,33 @@ def loo_log_odds(
     fingerprint: Fingerprint,
     config: CalmConfig,
     positive: str,
+    groups: torch.Tensor | None = None,
 ) -> np.ndarray:
     """Each support clip's log-odds of `positive`, from a classifier fitted (same config) on the other clips:
-    (N, L, H, D) -> (N,). N fits; every class needs 2 clips so that one is left when one is held out."""
+    (N, L, H, D) -> (N,). N fits; every class needs 2 clips so that one is left when one is held out.
+    With groups (augmented copies of one recording), each group is left out whole and its first clip (the
+    recording itself) is scored: one score per group, in order of first appearance."""
     index = positive_index(names, positive)
-    counts = torch.bincount(labels, minlength=len(names))
+    if groups is None:
+        groups = torch.arange(features.shape[0])
+    counts = recordings_per_class(labels, len(names), groups)
     if bool((counts < 2).any()):
         short = [n for n, c in zip(names, counts.tolist()) if c < 2]
         raise ValueError(f"leave-one-out calibration needs 2 support clips in every class ({short} have fewer); "
                          "give validation clips with --val")  # fmt: skip
-    scores = np.empty(features.shape[0])
+    firsts = [int((groups == g).nonzero()[0]) for g in dict.fromkeys(groups.tolist())]
+    scores = np.empty(len(firsts))
     # A class left with one clip fits with uniform weights, and says so once per fit: not news here.
     quiet = logging.getLogger("calm_core.classifier")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        for i in range(features.shape[0]):
-            rest = torch.arange(features.shape[0]) != i
-            clf = CalmClassifier.fit(features[rest], labels[rest], names, layout, fingerprint, config)
-            scores[i] = log_odds(clf.scores(features[i : i + 1]).float().numpy(), index)[0]
+        for j, i in enumerate(firsts):
+            rest = groups != groups[i]
+            clf = CalmClassifier.fit(
+                features[rest], labels[rest], names, layout, fingerprint, config, groups=groups[rest]
+            )
+            scores[j] = log_odds(clf.scores(features[i : i + 1]).float().numpy(), index)[0]
     finally:
         quiet.setLevel(level)
     return scores
@@ -117,12 +127,65 @@ def calibrate(
     val_features: torch.Tensor | None = None,
     val_labels: torch.Tensor | None = None,
     rule: str = RULE,
+    groups: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """The decision for a fitted classifier: its threshold from validation clips when given (scored by clf
-    itself), else from leave-one-out over the support features it was fitted on."""
+    itself), else from leave-one-out over the support features it was fitted on (groups: see loo_log_odds)."""
     index = positive_index(clf.labels, positive)
     if val_features is not None and val_labels is not None:
         scores = log_odds(clf.scores(val_features).float().numpy(), index)
         return eer_decision(scores, (val_labels == index).numpy(), positive, "validation", rule)
-    scores = loo_log_odds(features, labels, clf.labels, clf.layout, clf.fingerprint, clf.config, positive)
+    scores = loo_log_odds(features, labels, clf.labels, clf.layout, clf.fingerprint, clf.config, positive, groups)
+    if groups is not None:
+        labels = labels[[int((groups == g).nonzero()[0]) for g in dict.fromkeys(groups.tolist())]]
     return eer_decision(scores, (labels == index).numpy(), positive, "leave-one-out support", rule)
+
+
+def site_clips(root: Path) -> tuple[list[Path], list[str]]:
+    """Every audio file under root (recursively) and its call: the folder it sits in, relative to root
+    (files directly in root are each their own call)."""
+    from .data import AUDIO_SUFFIXES
+    from .errors import DatasetError
+
+    if not root.is_dir():
+        raise DatasetError(f"{root}: expected a folder of the site's own genuine clips (any layout of audio files)")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise DatasetError(f"{root}: holds no audio files ({', '.join(sorted(AUDIO_SUFFIXES))})")
+    calls = [str(p.relative_to(root)) if p.parent == root else str(p.parent.relative_to(root)) for p in files]
+    return files, calls
+
+
+def site_decision(
+    stored: dict[str, Any], clip_scores: np.ndarray, calls: list[str] | None, far: float, source: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A detector's decision re-set from the site's own genuine traffic (no attacks needed): the threshold that
+    flags at most a share `far` of its calls (per clip when calls is None), and a summary of what the stored
+    and the new thresholds do to that traffic."""
+    scores = np.asarray(clip_scores, dtype=np.float64)
+    if calls is not None:
+        from .detection import per_call
+
+        _, scores, _ = per_call(scores, np.zeros(scores.size, bool), calls)
+    threshold = far_threshold(scores, far)
+    old = float(stored["threshold"])
+    decision = {
+        **stored,
+        "threshold": threshold,
+        "rule": f"far={far:g}",
+        "scores_from": f"site genuine {'calls' if calls is not None else 'clips'}: {source}",
+        "n_negative": int(scores.size),
+        "n_positive": 0,
+        "previous_threshold": old,
+    }
+    summary = {
+        "units": "calls" if calls is not None else "clips",
+        "n": int(scores.size),
+        "far_target": far,
+        "lowest_reachable_far": 1.0 / scores.size,
+        "flagged_at_stored": float(np.mean(scores >= old)),
+        "flagged_at_new": float(np.mean(scores >= threshold)),
+        "stored_threshold": old,
+        "new_threshold": threshold,
+    }
+    return decision, summary

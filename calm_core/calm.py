@@ -43,20 +43,30 @@ def head_posteriors(queries: torch.Tensor, prototypes: torch.Tensor, tau: float)
     return torch.softmax(cos / tau, dim=-1)
 
 
-def loo_posteriors(features: torch.Tensor, labels: torch.Tensor, n_classes: int, tau: float) -> torch.Tensor:
+def loo_posteriors(
+    features: torch.Tensor, labels: torch.Tensor, n_classes: int, tau: float, groups: torch.Tensor | None = None
+) -> torch.Tensor:
     """Leave-one-out head posteriors of the support clips themselves, (N, K, C).
 
     Each clip is scored against its own class prototype recomputed without it, so a
     head is never credited for recognising a clip that is part of its own prototype
-    (with few shots that would make every head look perfect).
+    (with few shots that would make every head look perfect). With groups (N,), every clip
+    of the scored clip's group is left out: augmented copies of one recording form a group,
+    so a copy is never scored against a prototype holding its own source.
     """
+    if groups is None:
+        groups = torch.arange(features.shape[0])
+    _, groups = torch.unique(groups, return_inverse=True)
+    n_groups = int(groups.max()) + 1 if groups.numel() else 0
     sums, counts = _class_sums(features, labels, n_classes)
-    if bool((counts < 2).any()):
-        raise ValueError("leave-one-out reliability needs at least 2 support clips in every class")
+    group_sums, group_counts = _class_sums(features, groups, n_groups)  # (G, K, D), (G,)
+    rest = counts[labels] - group_counts[groups]  # (N,) clips left in the own prototype
+    if bool((rest < 1).any()):
+        raise ValueError("leave-one-out reliability needs at least 2 support clips (groups) in every class")
     prototypes = l2_normalize(sums / counts[:, None, None])
     queries = l2_normalize(features)
     cos = torch.einsum("nkd,ckd->nkc", queries, prototypes)  # (N, K, C)
-    own = l2_normalize((sums[labels] - features) / (counts[labels] - 1)[:, None, None])  # (N, K, D)
+    own = l2_normalize((sums[labels] - group_sums[groups]) / rest[:, None, None])  # (N, K, D)
     own_cos = (queries * own).sum(-1)  # (N, K)
     cos = cos.scatter(2, labels[:, None, None].expand(-1, cos.shape[1], 1), own_cos[..., None])
     return torch.softmax(cos / tau, dim=-1)

@@ -3,9 +3,12 @@ the classifier will hear (e.g. call audio arrives band-limited and mu-law coded)
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import numpy as np
 
 from .audio import SAMPLE_RATE
+from .conditioning import CONDITIONINGS, condition
 
 CHANNELS = ("none", "telephone")
 
@@ -22,3 +25,49 @@ def apply_channel(audio: np.ndarray, channel: str) -> np.ndarray:
         # Resampling there and back can move the length by a sample: keep the clip's own.
         return np.pad(line[: audio.size], (0, max(0, audio.size - line.size)))
     raise ValueError(f"channel {channel!r} is not known; allowed: {', '.join(CHANNELS)}")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Everything a clip goes through before the model, in order: the transmission channel (support clips
+    made to sound like call audio), an augmentation copy (calm_core.augment; None: the clip itself), and
+    the conditioning (calm_core.conditioning). Features are cached under cache_key."""
+
+    channel: str = "none"
+    conditioning: str = "none"
+    copy: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.channel not in CHANNELS:
+            raise ValueError(f"channel {self.channel!r} is not known; allowed: {', '.join(CHANNELS)}")
+        if self.conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning {self.conditioning!r} is not known; allowed: {', '.join(CONDITIONINGS)}")
+
+    def apply(self, audio: np.ndarray) -> np.ndarray:
+        from .augment import augment
+
+        clip = apply_channel(audio, self.channel)
+        if self.copy is not None:
+            clip = augment(clip, self.copy)
+        return condition(clip, self.conditioning)
+
+    @property
+    def cache_key(self) -> str:
+        """'none' for the clip as it is (the key features had before conditioning existed)."""
+        parts = [self.channel]
+        if self.copy is not None:
+            parts.append(self.copy)
+        if self.conditioning != "none":
+            parts.append(f"cond={self.conditioning}")
+        return "|".join(parts)
+
+    def copies(self, recipe: str) -> list[Preprocessing]:
+        """This preprocessing for the clip itself, then for each of an augmentation recipe's copies."""
+        from .augment import recipe_channels
+
+        return [self] + [replace(self, copy=c) for c in recipe_channels(recipe)]
+
+    @classmethod
+    def of(cls, info: dict[str, object]) -> Preprocessing:
+        """What a classifier's clips went through, from its info (files from before conditioning: none)."""
+        return cls(str(info.get("channel", "none")), str(info.get("conditioning", "none")))

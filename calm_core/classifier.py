@@ -148,10 +148,12 @@ class CalmClassifier:
         config: CalmConfig = CalmConfig(),
         val_features: torch.Tensor | None = None,
         val_labels: torch.Tensor | None = None,
+        groups: torch.Tensor | None = None,
     ) -> CalmClassifier:
         """Fit from support features (N, L, H, D) with class indices (N,); validation clips are optional.
 
-        Without validation clips, reliability comes from leave-one-out over the support set.
+        Without validation clips, reliability comes from leave-one-out over the support set. groups (N,)
+        marks augmented copies of one recording (calm_core.augment): left out together, counted once.
         """
         n_classes = len(label_names)
         if n_classes < 2:
@@ -162,9 +164,11 @@ class CalmClassifier:
         allowed = torch.ones(n_heads_total, dtype=torch.bool)
         if config.max_layer is not None:
             allowed = layer <= config.max_layer
-        counts = torch.bincount(labels, minlength=n_classes)
+        if groups is not None and torch.unique(groups).numel() == groups.numel():
+            groups = None  # every clip its own recording: plain leave-one-out
+        counts = fitting.recordings_per_class(labels, n_classes, groups)
         val_flat = _flatten(val_features, layout) if val_features is not None else None
-        fitted = fitting.fit_weights(config, flat, labels, n_classes, allowed, val_flat, val_labels)
+        fitted = fitting.fit_weights(config, flat, labels, n_classes, allowed, val_flat, val_labels, groups)
         rel, w, sav_flat, prototypes = fitted.reliability, fitted.weights, fitted.sav_heads, fitted.prototypes
         if rel.source.startswith("none"):
             log.warning("a class has a single support clip and no validation set is given: heads vote uniformly")

@@ -13,11 +13,13 @@ from typing import Any
 
 import torch
 
+from .augment import DEFAULT_RECIPE, RECIPES
 from .backbones import LoadOptions, load_backbone
 from .backbones.base import DTYPES, Backbone
 from .calm import SCHEMES
-from .channels import CHANNELS, apply_channel
+from .channels import CHANNELS, Preprocessing
 from .classifier import ABSTAIN_MODES, PRESETS, RELIABILITY_FROM, CalmClassifier, CalmConfig
+from .conditioning import CONDITIONINGS, DEFAULT_CONDITIONING
 from .errors import CalmError
 from .features import FeatureStore, default_cache_dir
 from .refit import FitRecord, clips_of, fit_classifier
@@ -50,8 +52,8 @@ def _open_backbone(args: argparse.Namespace, load_layers: int | None, dtype: str
     return load_backbone(args.model, options)
 
 
-def _store(args: argparse.Namespace, backbone: Backbone, channel: str = "none") -> FeatureStore:
-    return FeatureStore(backbone, None if args.no_cache else args.cache_dir, args.batch_size, channel)
+def _store(args: argparse.Namespace, backbone: Backbone, prep: Preprocessing) -> FeatureStore:
+    return FeatureStore(backbone, None if args.no_cache else args.cache_dir, args.batch_size, prep)
 
 
 def _top_k(text: str) -> int | str:
@@ -99,8 +101,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
     val = load_examples(args.val) if args.val else None
     load_layers = None if config.max_layer is None else config.max_layer + 1
     backbone = _open_backbone(args, load_layers)
-    store = _store(args, backbone, args.channel)
-    feats = store.extract([e.path for e in support], progress=not args.quiet, desc="support")
+    # The paper preset is the paper's method: clips as they are, no augmentation, unless asked for.
+    plain = args.preset == "paper"
+    conditioning = args.conditioning or ("none" if plain else DEFAULT_CONDITIONING)
+    augmentation = args.augment or ("none" if plain else DEFAULT_RECIPE)
+    prep = Preprocessing(args.channel, conditioning)
+    store = _store(args, backbone, prep)
+    feats = store.extract_copies([e.path for e in support], augmentation, progress=not args.quiet, desc="support")
     val_feats = val_y = None
     if val:
         val_feats = store.extract([e.path for e in val], progress=not args.quiet, desc="validation")
@@ -115,8 +122,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     )  # fmt: skip
     model_path = str(Path(args.model).expanduser().resolve()) if Path(args.model).exists() else args.model
     clf = fit_classifier(
-        feats, y, labels, backbone.layout, backbone.fingerprint, config, record, model_path, args.channel,
-        val_feats, val_y,
+        feats, y, labels, backbone.layout, backbone.fingerprint, config, record, model_path, prep,
+        val_feats, val_y, augmentation,
     )  # fmt: skip
     clf.save(args.out)
     summary = {
@@ -128,6 +135,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         "reliability": clf.info["reliability_source"],
         "top_k": clf.info["top_k"],
         "heads_kept": int(clf.heads.numel()),
+        "conditioning": conditioning,
+        "augmentation": augmentation,
         "exit_layer": clf.exit_layer,
         "n_layers": backbone.layout.n_layers,
         "cache": {"hits": store.hits, "misses": store.misses},
@@ -192,8 +201,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     backbone = _backbone_for(args, clf, depth)
     data = load_examples(args.data)
     _, y = label_index(data, clf.labels)
-    channel = args.channel or str(clf.info.get("channel", "none"))
-    feats = _store(args, backbone, channel).extract([e.path for e in data], depth, progress=not args.quiet, desc="eval")
+    prep = Preprocessing.of(clf.info)
+    if args.channel:
+        prep = replace(prep, channel=args.channel)
+    feats = _store(args, backbone, prep).extract([e.path for e in data], depth, progress=not args.quiet, desc="eval")
     result = evaluate(clf, feats, y)
     stored = clf.info.get("decision")
     positive = args.positive or (stored.get("positive") if isinstance(stored, dict) else None)
@@ -233,15 +244,41 @@ def _plot_det(
     return plot_det(curves, args.plot, title)
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .calibration import site_clips, site_decision
+    from .evaluation import detection_scores
+
+    clf = CalmClassifier.load(args.classifier)
+    stored = clf.info.get("decision")
+    if not isinstance(stored, dict):
+        raise CalmError(f"{args.classifier}: is not a detector (fit it with --positive CLASS, e.g. spoof)")
+    if not 0.0 <= args.far < 1.0:
+        raise CalmError(f"--far {args.far}: expected a false-alarm rate with 0 <= far < 1, e.g. 0.01")
+    files, calls = site_clips(args.genuine)
+    backbone = _backbone_for(args, clf, clf.exit_layer)
+    feats = _store(args, backbone, Preprocessing.of(clf.info)).extract(files, clf.exit_layer, progress=not args.quiet)
+    scores = detection_scores(clf, feats, str(stored["positive"]))["calm"]
+    decision, summary = site_decision(stored, scores, calls if args.per_call else None, args.far, str(args.genuine))
+    clf.info["decision"] = decision
+    out = clf.save(args.out or args.classifier)
+    summary = {"classifier": str(out), **summary}
+    if summary["lowest_reachable_far"] > args.far and args.far > 0:
+        log.warning("%d %s can show a false-alarm rate of %.3g at best, not %g: give more of the site's traffic",
+                    summary["n"], summary["units"], summary["lowest_reachable_far"], args.far)  # fmt: skip
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     from .audio import load_audio
 
     clf = CalmClassifier.load(args.classifier)
     backbone = _backbone_for(args, clf, clf.exit_layer)
+    prep = Preprocessing.of(clf.info)  # what the support clips went through, augmentation aside
     rows: list[dict[str, Any]] = []
     for path in args.audio:
         t0 = time.perf_counter()
-        clip = apply_channel(load_audio(path), str(clf.info.get("channel", "none")))
+        clip = prep.apply(load_audio(path))
         t1 = time.perf_counter()
         feats = backbone.head_activations([clip], exit_layer=clf.exit_layer)
         t2 = time.perf_counter()
@@ -398,6 +435,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="pass clips through a channel first: telephone = 8 kHz, 300-3400 Hz, G.711 mu-law, like call audio",
     )  # fmt: skip
     fit.add_argument(
+        "--conditioning", choices=CONDITIONINGS,
+        help=f"what every clip goes through before the model, here and in calmd: sound = trimmed to the sound and "
+        f"brought to a fixed level, none = as it is (default {DEFAULT_CONDITIONING}; none with --preset paper)",
+    )  # fmt: skip
+    fit.add_argument(
+        "--augment", choices=list(RECIPES), metavar="RECIPE",
+        help=f"also fit on copies of each support clip through other rooms, distances, noises and bands: "
+        f"{', '.join(RECIPES)} (default {DEFAULT_RECIPE}; none with --preset paper)",
+    )  # fmt: skip
+    fit.add_argument(
         "--calibrate", default="eer", metavar="RULE",
         help="with --positive: the threshold's rule, eer (default) or far=X (flag at most a share X of the "
         "other class's held-out clips, e.g. far=0.01)",
@@ -437,6 +484,20 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--json", action="store_true", help="print one JSON object per line and file")
     _model_args(cl, required=False)
     cl.set_defaults(func=cmd_classify)
+
+    ca = sub.add_parser(
+        "calibrate", help="re-set a detector's threshold from the site's own genuine traffic (no attacks needed)"
+    )
+    ca.add_argument("--classifier", required=True, type=Path, help="a detector made by `calm fit --positive CLASS`")
+    ca.add_argument("--genuine", required=True, type=Path, help="folder of the site's genuine clips (any layout)")
+    ca.add_argument("--far", type=float, default=0.01, help="false-alarm rate to allow on them (default 0.01)")
+    ca.add_argument(
+        "--per-call", action="store_true",
+        help="the clips of one folder are the segments of one call: calibrate the call score calmd decides on",
+    )  # fmt: skip
+    ca.add_argument("--out", type=Path, help="write here instead of replacing the classifier file")
+    _model_args(ca, required=False)
+    ca.set_defaults(func=cmd_calibrate)
 
     hd = sub.add_parser("heads", help="heat map of head weights per class over (layer, head)")
     hd.add_argument("--classifier", required=True, type=Path)

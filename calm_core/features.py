@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from .audio import load_audio
 from .backbones.base import Backbone
-from .channels import CHANNELS, apply_channel
+from .channels import Preprocessing
 from .fingerprint import file_sha256
 
 
@@ -51,12 +51,16 @@ class FeatureStore:
     also serves later evaluations that exit early.
     """
 
-    def __init__(self, backbone: Backbone, cache_dir: Path | None = None, batch_size: int = 4, channel: str = "none"):
+    def __init__(
+        self,
+        backbone: Backbone,
+        cache_dir: Path | None = None,
+        batch_size: int = 4,
+        channel: str | Preprocessing = "none",
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if channel not in CHANNELS:
-            raise ValueError(f"channel {channel!r} is not known; allowed: {', '.join(CHANNELS)}")
-        self.channel = channel
+        self.prep = channel if isinstance(channel, Preprocessing) else Preprocessing(channel)
         self.backbone = backbone
         self.cache_dir = cache_dir
         self.batch_size = batch_size
@@ -66,7 +70,7 @@ class FeatureStore:
     def _entry(self, path: Path) -> Path | None:
         if self.cache_dir is None:
             return None
-        return cache_entry(self.cache_dir, self.backbone.fingerprint.digest, file_sha256(path), self.channel)
+        return cache_entry(self.cache_dir, self.backbone.fingerprint.digest, file_sha256(path), self.prep.cache_key)
 
     def _read(self, entry: Path | None, depth: int) -> torch.Tensor | None:
         return None if entry is None else read_cached(entry, depth)
@@ -103,10 +107,32 @@ class FeatureStore:
             order = sorted(todo, key=lambda i: Path(paths[i]).stat().st_size)
             for start in range(0, len(order), self.batch_size):
                 batch = order[start : start + self.batch_size]
-                clips = [apply_channel(load_audio(paths[i]), self.channel) for i in batch]
+                clips = [self.prep.apply(load_audio(paths[i])) for i in batch]
                 feats = self.backbone.head_activations(clips, exit_layer=depth - 1)
                 for i, f in zip(batch, feats):
                     out[i] = f
                     self._write(entries[i], f)
                 bar.update(len(batch))
         return torch.stack([t for t in out if t is not None])
+
+    def extract_copies(
+        self,
+        paths: Sequence[Path],
+        recipe: str,
+        exit_layer: int | None = None,
+        *,
+        progress: bool = True,
+        desc: str = "features",
+    ) -> torch.Tensor:
+        """The clips as they are, then each of an augmentation recipe's copies in turn (calm_core.augment):
+        (N * (1 + copies), L, H, D), the layout fit_classifier expects."""
+        base = self.prep
+        out = []
+        try:
+            for prep in base.copies(recipe):
+                self.prep = prep
+                label = desc if prep.copy is None else f"{desc} {prep.copy}"
+                out.append(self.extract(paths, exit_layer, progress=progress, desc=label))
+        finally:
+            self.prep = base
+        return torch.cat(out)

@@ -48,17 +48,32 @@ def held_out_posteriors(
     prototypes: torch.Tensor,
     val_flat: torch.Tensor | None = None,
     val_labels: torch.Tensor | None = None,
+    groups: torch.Tensor | None = None,
 ) -> HeldOut:
     n_classes = prototypes.shape[0]
     if val_flat is not None and val_labels is not None:
         return HeldOut(calm.head_posteriors(val_flat, prototypes, config.tau), val_labels, "validation")
-    if bool((torch.bincount(labels, minlength=n_classes) >= 2).all()):
-        return HeldOut(calm.loo_posteriors(flat, labels, n_classes, config.tau), labels, "leave-one-out")
+    if bool((recordings_per_class(labels, n_classes, groups) >= 2).all()):
+        posteriors = calm.loo_posteriors(flat, labels, n_classes, config.tau, groups)
+        return HeldOut(posteriors, labels, "leave-one-out")
     return HeldOut(calm.head_posteriors(flat, prototypes, config.tau), labels, "in-sample")
 
 
+def recordings_per_class(labels: torch.Tensor, n_classes: int, groups: torch.Tensor | None = None) -> torch.Tensor:
+    """Distinct recordings per class, (C,): clips, or groups of augmented copies of one recording."""
+    if groups is None:
+        return torch.bincount(labels, minlength=n_classes)
+    firsts = torch.unique(groups * n_classes + labels)  # one entry per (group, class)
+    return torch.bincount(firsts % n_classes, minlength=n_classes)
+
+
 def head_reliability(
-    config: CalmConfig, flat: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor, held: HeldOut
+    config: CalmConfig,
+    flat: torch.Tensor,
+    labels: torch.Tensor,
+    prototypes: torch.Tensor,
+    held: HeldOut,
+    groups: torch.Tensor | None = None,
 ) -> Reliability:
     """Per-head, per-class reliability from support features (N, K, D) and their held-out posteriors."""
     n_classes = prototypes.shape[0]
@@ -79,7 +94,7 @@ def head_reliability(
                 calm.vote_f1(calm.hard_votes(in_sample), labels, n_classes)
                 + calm.vote_f1(calm.hard_votes(held.posteriors), labels, n_classes)
             )
-            counts = torch.bincount(labels, minlength=n_classes)
+            counts = recordings_per_class(labels, n_classes, groups)
             r = calm.separation_f1_reliability(separation, f1, counts - 1, config.prior_strength)
             return Reliability(r, held.posteriors, labels, "support separation + leave-one-out F1")
         return Reliability(separation, in_sample, labels, "support separation (a class has 1 clip)")
@@ -115,11 +130,12 @@ def _reliability_and_sav(
     allowed: torch.Tensor,
     val_flat: torch.Tensor | None = None,
     val_labels: torch.Tensor | None = None,
+    groups: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Reliability, torch.Tensor]:
     """Prototypes (C, K, D), reliability and SAV's heads: everything a fit needs before the weights."""
     prototypes = calm.class_prototypes(flat, labels, n_classes)  # (C, K, D)
-    held = held_out_posteriors(config, flat, labels, prototypes, val_flat, val_labels)
-    rel = head_reliability(config, flat, labels, prototypes, held)
+    held = held_out_posteriors(config, flat, labels, prototypes, val_flat, val_labels, groups)
+    rel = head_reliability(config, flat, labels, prototypes, held, groups)
     # SAV picks its heads from the held-out posteriors whatever CALM's settings, so every CALM
     # preset is compared with the same baseline.
     sav_heads = calm.sav_select(held.posteriors, held.labels, config.sav_heads, allowed)
@@ -134,15 +150,21 @@ def fit_weights(
     allowed: torch.Tensor,
     val_flat: torch.Tensor | None = None,
     val_labels: torch.Tensor | None = None,
+    groups: torch.Tensor | None = None,
 ) -> FittedWeights:
-    """Prototypes, reliability, SAV heads and class-specific head weights from labelled features (N, K, D)."""
-    prototypes, rel, sav_heads = _reliability_and_sav(config, flat, labels, n_classes, allowed, val_flat, val_labels)
+    """Prototypes, reliability, SAV heads and class-specific head weights from labelled features (N, K, D).
+    groups (N,) marks augmented copies of one recording: they are left out together and count once."""
+    prototypes, rel, sav_heads = _reliability_and_sav(
+        config, flat, labels, n_classes, allowed, val_flat, val_labels, groups
+    )
     top_k: int | None
     if config.top_k == "auto":
+        if groups is not None:
+            raise ValueError("top_k 'auto' is not supported with augmented support clips; give top_k a number")
         top_k, tried = select_top_k(config, flat, labels, n_classes, allowed)
     else:
         top_k, tried = config.top_k, {}
-    counts = torch.bincount(labels, minlength=n_classes)
+    counts = recordings_per_class(labels, n_classes, groups)
     w = _weights(config, rel.r, top_k, allowed, sav_heads, counts)
     return FittedWeights(prototypes, rel, w, sav_heads, top_k, tried)
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from .backbones.base import Backbone, HeadLayout
+from .channels import Preprocessing
 from .classifier import UNKNOWN, CalmClassifier, CalmConfig
 from .errors import ClassifierFileError, DatasetError
 from .features import FeatureStore, cache_entry, read_cached
@@ -89,20 +90,30 @@ def fit_classifier(
     config: CalmConfig,
     record: FitRecord,
     model_path: str,
-    channel: str,
+    prep: Preprocessing,
     val_features: torch.Tensor | None = None,
     val_y: Sequence[int] | None = None,
+    augmentation: str = "none",
 ) -> CalmClassifier:
-    """The one fit path of `calm fit` and `calm add`: CALM, the detector's threshold, and what the file records."""
-    y_t = torch.tensor(list(y))
+    """The one fit path of `calm fit` and `calm add`: CALM, the detector's threshold, and what the file records.
+
+    With an augmentation recipe, features hold the support clips themselves and then each copy in turn
+    (augmented_features' layout), and y the support clips' classes once."""
+    n_copies = len(prep.copies(augmentation))
+    y_t = torch.tensor(list(y)).repeat(n_copies)
+    groups = torch.arange(len(y)).repeat(n_copies) if n_copies > 1 else None
     val_t = None if val_y is None else torch.tensor(list(val_y))
-    clf = CalmClassifier.fit(features, y_t, labels, layout, fingerprint, config, val_features, val_t)
+    clf = CalmClassifier.fit(features, y_t, labels, layout, fingerprint, config, val_features, val_t, groups)
     clf.info["model_path"] = model_path
-    clf.info["channel"] = channel
+    clf.info["channel"] = prep.channel
+    clf.info["conditioning"] = prep.conditioning
+    clf.info["augmentation"] = augmentation
     if record.positive is not None:
         from .calibration import calibrate
 
-        clf.info["decision"] = calibrate(clf, features, y_t, record.positive, val_features, val_t, record.calibrate)
+        clf.info["decision"] = calibrate(
+            clf, features, y_t, record.positive, val_features, val_t, record.calibrate, groups
+        )
     clf.info["fit"] = record.to_json()
     return clf
 
@@ -248,37 +259,48 @@ def add_clips(
             f"{source} detects {record.positive!r} with a threshold from leave-one-out over the support clips, "
             f"which needs 2 clips in every class; {short} would have 1: add at least 2 clips of a new class"
         )
-    channel = str(clf.info.get("channel", "none"))
-    n_support, old = len(record.support), list(record.support) + list(record.validation)
-    every = old + added
-    feats, todo = gather_features(old, clf.fingerprint, cache_dir, channel, record.layers, source)
-    feats += [None] * len(added)
-    if todo:
-        notes.append(
-            f"{_n(len(todo), 'recorded clip')} not in the feature cache {cache_dir}: recomputed from the files"
-        )
-    todo += range(len(old), len(every))
-    if todo:
-        backbone = open_backbone(record.layers)
-        clf.check_features(backbone.fingerprint, model_path or str(clf.info.get("model_path")))
-        store = FeatureStore(backbone, cache_dir, batch_size, channel)
-        fresh = store.extract([Path(every[i].path) for i in todo], record.layers - 1, progress=False, desc="clips")
-        for i, f in zip(todo, fresh):
-            feats[i] = f
-    support_feats = _stack(feats[:n_support] + feats[len(old) :])
+    prep = Preprocessing.of(clf.info)
+    augmentation = str(clf.info.get("augmentation", "none"))
+    support_clips = list(record.support) + list(added)
+    backbone: Backbone | None = None
+    reused = computed = 0
+
+    def features_for(clips: list[Clip], p: Preprocessing) -> torch.Tensor:
+        """Cached features of clips under p, the rest computed from their files."""
+        nonlocal backbone, reused, computed
+        feats, todo = gather_features(clips, clf.fingerprint, cache_dir, p.cache_key, record.layers, source)
+        if todo:
+            if backbone is None:
+                backbone = open_backbone(record.layers)
+                clf.check_features(backbone.fingerprint, model_path or str(clf.info.get("model_path")))
+            store = FeatureStore(backbone, cache_dir, batch_size, p)
+            fresh = store.extract([Path(clips[i].path) for i in todo], record.layers - 1, progress=False, desc="clips")
+            for i, f in zip(todo, fresh):
+                feats[i] = f
+        reused, computed = reused + len(clips) - len(todo), computed + len(todo)
+        return _stack(feats)
+
+    # The clips as they are (support, added, validation), then the support's augmented copies, if any.
+    base = features_for(support_clips + list(record.validation), prep)
+    stale = computed - len(added)
+    if stale:
+        notes.append(f"{_n(stale, 'recorded clip')} not in the feature cache {cache_dir}: recomputed from the files")
+    copies = [features_for(support_clips, p) for p in prep.copies(augmentation)[1:]]
+    support_feats = torch.cat([base[: len(support_clips)], *copies])
     val = val_y = None
     if record.validation:
-        val = _stack(feats[n_support : len(old)])
+        val = base[len(support_clips) :]
         val_y = [labels.index(c.label) for c in record.validation]
         missing = sorted(set(labels) - {c.label for c in record.validation})
         if missing:
             notes.append(f"no validation clips of {missing}: their reliability rests on their support separation")
     refitted = fit_classifier(
         support_feats, [labels.index(c.label) for c in support], labels, clf.layout, clf.fingerprint, clf.config,
-        replace(record, support=support), model_path or str(clf.info.get("model_path", "")), channel, val, val_y,
+        replace(record, support=support), model_path or str(clf.info.get("model_path", "")), prep, val, val_y,
+        augmentation,
     )  # fmt: skip
     before = _counts(record.support)
-    return AddResult(refitted, before, _counts(support), added, skipped, notes, len(every) - len(todo), len(todo))
+    return AddResult(refitted, before, _counts(support), added, skipped, notes, reused, computed)
 
 
 def _stack(feats: Sequence[torch.Tensor | None]) -> torch.Tensor:

@@ -90,7 +90,7 @@ class PageSection(_Section):
 
 
 class VadSection(_Section):
-    mode: Literal["webrtc", "none"] = "webrtc"
+    mode: Literal["webrtc", "energy", "none"] = "webrtc"
     aggressiveness: Annotated[int, Field(ge=0, le=3)] = 2
     frame_ms: Literal[10, 20, 30] = 30
     pre_roll_ms: Annotated[int, Field(ge=0, le=5000)] = 300
@@ -99,6 +99,9 @@ class VadSection(_Section):
     max_segment_s: Annotated[float, Field(gt=0, le=30)] = 10.0
     overlap_s: Annotated[float, Field(ge=0)] = 0.0
     energy_gate_dbfs: Annotated[float, Field(le=0)] | None = None  # frames quieter than this are never voiced
+    # mode "energy": a frame is active this far above the noise floor (tracked: falls at once, rises slowly)
+    energy_above_floor_db: Annotated[float, Field(gt=0, le=60)] = 12.0
+    floor_rise_db_per_s: Annotated[float, Field(gt=0, le=60)] = 3.0
     window_s: Annotated[float, Field(ge=0.1, le=30)] = 2.0  # mode "none": fixed windows
     hop_s: Annotated[float, Field(gt=0, le=30)] = 2.0
 

@@ -1,10 +1,12 @@
-"""Cut a 16 kHz mono stream into segments: webrtcvad with pre-roll and hangover, or fixed windows."""
+"""Cut a 16 kHz mono stream into segments: voice activity (webrtcvad) or sound activity (energy above
+the tracked noise floor), with pre-roll and hangover; or fixed windows."""
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +31,21 @@ def frame_dbfs(frame: np.ndarray) -> float:
     return 20.0 * np.log10(max(rms, 1e-10))
 
 
+class NoiseFloor:
+    """Sound activity for sounds a voice detector is not made for: a frame is active when its level is
+    above_db over the noise floor. The floor follows quieter frames at once and rises by at most
+    rise_db_per_frame (so a long sound does not become the floor within a few seconds)."""
+
+    def __init__(self, above_db: float, rise_db_per_frame: float, start_dbfs: float = -60.0):
+        self.above_db = above_db
+        self.rise = rise_db_per_frame
+        self.floor = start_dbfs
+
+    def active(self, level_dbfs: float) -> bool:
+        self.floor = min(level_dbfs, self.floor + self.rise)
+        return level_dbfs >= self.floor + self.above_db
+
+
 class Segmenter:
     """Feed audio in any chunk sizes; get whole segments back in order.
 
@@ -49,11 +66,13 @@ class Segmenter:
         self._open_start = 0
         self._silence = 0  # frames since the last voiced one
         self.too_short = 0
-        self._vad = None
+        self._vad: Any = None
         if vad.mode == "webrtc":
             import webrtcvad
 
             self._vad = webrtcvad.Vad(vad.aggressiveness)
+        elif vad.mode == "energy":
+            self._vad = NoiseFloor(vad.energy_above_floor_db, vad.floor_rise_db_per_s * vad.frame_ms / 1000)
         self._window = int(vad.window_s * SAMPLE_RATE)
         self._hop = int(vad.hop_s * SAMPLE_RATE)
         self._buf = np.zeros(0, dtype=np.float32)  # mode none
@@ -83,8 +102,10 @@ class Segmenter:
         gate = self.cfg.energy_gate_dbfs
         if gate is not None and frame_dbfs(frame) < gate:
             return False
-        pcm = (np.clip(frame, -1.0, 1.0) * 32767).astype("<i2").tobytes()
         assert self._vad is not None
+        if isinstance(self._vad, NoiseFloor):
+            return self._vad.active(frame_dbfs(frame))
+        pcm = (np.clip(frame, -1.0, 1.0) * 32767).astype("<i2").tobytes()
         return bool(self._vad.is_speech(pcm, SAMPLE_RATE))
 
     def _step(self, frame: np.ndarray) -> Iterator[Segment]:

@@ -15,6 +15,7 @@ import torch
 from calm_core.backbones import LoadOptions, load_backbone
 from calm_core.backbones.base import Backbone
 from calm_core.classifier import UNKNOWN, CalmClassifier
+from calm_core.conditioning import condition
 from calm_core.errors import CalmError
 
 from .calls import CallAggregator, Policy, decision_policy
@@ -257,7 +258,10 @@ class Service:
         clf = model.classifier
         t = time.perf_counter()
         try:
-            feats = model.backbone.head_activations([q.segment.samples for q in batch], exit_layer=clf.exit_layer)
+            # Live audio has been through its real channel already; it gets the classifier's conditioning only.
+            conditioning = str(clf.info.get("conditioning", "none"))
+            clips = [condition(q.segment.samples, conditioning) for q in batch]
+            feats = model.backbone.head_activations(clips, exit_layer=clf.exit_layer)
         except torch.cuda.OutOfMemoryError:
             if len(batch) > 1:
                 log.warning("CUDA out of memory on a batch of %d; retrying in halves", len(batch))

@@ -39,6 +39,27 @@ def test_leave_one_out_matches_explicit_recomputation() -> None:
         assert torch.allclose(got[i], want[0], atol=1e-6)
 
 
+def test_grouped_leave_one_out_leaves_every_copy_of_the_recording_out() -> None:
+    torch.manual_seed(1)
+    feats, labels = torch.randn(12, 3, 5), torch.tensor([0, 0, 0, 1, 1, 1] * 2)
+    groups = torch.tensor([0, 1, 2, 3, 4, 5] * 2)  # clip i and its augmented copy i + 6
+    got = calm.loo_posteriors(feats, labels, 2, tau=0.1, groups=groups)
+    for i in range(12):
+        keep = groups != groups[i]
+        protos = calm.class_prototypes(feats[keep], labels[keep], 2)
+        want = calm.head_posteriors(feats[i : i + 1], protos, 0.1)
+        assert torch.allclose(got[i], want[0], atol=1e-6)
+    # Singleton groups are plain leave-one-out.
+    plain = calm.loo_posteriors(feats, labels, 2, tau=0.1)
+    assert torch.allclose(calm.loo_posteriors(feats, labels, 2, 0.1, torch.arange(12)), plain, atol=1e-6)
+
+
+def test_grouped_leave_one_out_needs_two_recordings_per_class() -> None:
+    feats, labels = torch.randn(4, 1, 2), torch.tensor([0, 0, 1, 1])
+    with pytest.raises(ValueError, match="at least 2"):  # class 1: two copies of one recording
+        calm.loo_posteriors(feats, labels, 2, 0.1, groups=torch.tensor([0, 1, 2, 2]))
+
+
 def test_leave_one_out_needs_two_clips_per_class() -> None:
     with pytest.raises(ValueError, match="at least 2"):
         calm.loo_posteriors(torch.randn(3, 1, 2), torch.tensor([0, 0, 1]), 2, 0.1)

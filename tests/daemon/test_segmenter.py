@@ -1,6 +1,7 @@
 """The segmenter: VAD boundaries, pre-roll, hangover, max-length cuts with overlap, fixed windows."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -68,3 +69,28 @@ def test_chunking_never_changes_the_segments(chunk: int, frame_ms: int) -> None:
     got = run(Segmenter("s", cfg), audio, chunk=chunk)
     assert [(s.start_s, s.samples.size) for s in got] == [(s.start_s, s.samples.size) for s in reference]
     assert all(0 <= s.start_s and s.end_s <= audio.size / SR + 1e-9 for s in got)
+
+
+def test_energy_mode_finds_tones_webrtcvad_is_not_made_for() -> None:
+    from calm_core.testing import tone
+
+    rng = np.random.default_rng(0)
+    floor = lambda s: (rng.standard_normal(int(s * SR)) * 10 ** (-65 / 20)).astype(np.float32)  # noqa: E731
+    beep = lambda s: (tone(2000.0, s, noise=0.0) * 0.05).astype(np.float32)  # about -29 dBFS  # noqa: E731
+    audio = np.concatenate([floor(2.0), beep(0.8), floor(1.5), beep(1.2), floor(1.0)])
+    vad = VadSection(mode="energy", frame_ms=20, pre_roll_ms=100, hangover_ms=200)
+    segments = run(Segmenter("s", vad), audio)
+    assert [round(s.start_s, 2) for s in segments] == [1.9, 4.2]  # onsets 2.0 and 4.3 s, minus the pre-roll
+    for segment, (onset, length) in zip(segments, [(2.0, 0.8), (4.3, 1.2)]):
+        assert onset + length <= segment.end_s <= onset + length + 0.2 + 0.03  # hangover + the frame that ends it
+
+
+def test_energy_mode_floor_follows_a_louder_background_slowly() -> None:
+    from calmd.segmenter import NoiseFloor
+
+    floor = NoiseFloor(above_db=12.0, rise_db_per_frame=0.06)  # 3 dB/s at 20 ms frames
+    assert floor.active(-40.0)  # 20 dB over the starting floor of -60 dBFS
+    steps = [floor.active(-40.0) for _ in range(200)]  # 4 s of a steady -40 dBFS background
+    assert steps[100] and not steps[-1]  # still active after 2 s (floor -48), not after 4 s (floor -40)
+    assert floor.floor == pytest.approx(-60.0 + 201 * 0.06)
+    assert not floor.active(-55.0) and floor.floor == -55.0  # falls at once

@@ -1,0 +1,163 @@
+"""Channel shifts between the clips a classifier was fitted on and the audio it hears: rooms, distance,
+background noise, codecs and cheap microphones. Pure functions on 16 kHz mono float32 clips with an
+explicit random generator, used two ways that must not share parameters: the robustness bench shifts
+test clips (recorded noise, room impulse responses with early reflections), and fit-time augmentation
+(calm_core.augment) shifts support clips with other generators (coloured noise, plain decaying tails),
+so that a gain measured on the bench is not the augmentation recognising its own copy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.signal import butter, fftconvolve, sosfilt
+
+from .audio import SAMPLE_RATE
+from .telephone import band_limit, telephone_channel
+
+
+def rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)) + 1e-20))
+
+
+def active_rms(x: np.ndarray, frame: int = 320) -> float:
+    """RMS of the loudest half of 20 ms frames: the level of the sound, not of the pauses around it."""
+    n = x.size // frame
+    if n < 2:
+        return rms(x)
+    energy = np.mean(np.square(x[: n * frame].reshape(n, frame), dtype=np.float64), axis=1)
+    return float(np.sqrt(np.mean(np.sort(energy)[n // 2 :]) + 1e-20))
+
+
+def gain(x: np.ndarray, db: float) -> np.ndarray:
+    return (x * 10 ** (db / 20)).astype(np.float32)
+
+
+def convolve(x: np.ndarray, rir: np.ndarray) -> np.ndarray:
+    """x through a room: the wet signal, as long as x (the tail past its end is cut, as a window would)."""
+    return fftconvolve(x, rir)[: x.size].astype(np.float32)
+
+
+def room_rir(rng: np.random.Generator, rt60_s: float, drr_db: float, reflections: int = 12) -> np.ndarray:
+    """A room impulse response: the direct path, sparse early reflections in the first 50 ms, then a
+    diffuse exponentially decaying tail (60 dB in rt60_s), scaled to a direct-to-reverberant ratio."""
+    n = int(rt60_s * SAMPLE_RATE)
+    t = np.arange(n) / SAMPLE_RATE
+    decay = np.exp(-6.9 * t / rt60_s)
+    reverberant = rng.standard_normal(n) * decay
+    early = rng.integers(int(0.002 * SAMPLE_RATE), int(0.05 * SAMPLE_RATE), reflections)
+    reverberant[early] += rng.uniform(-0.8, 0.8, reflections) * np.sqrt(n / 50)
+    reverberant[0] = 0.0
+    reverberant *= 10 ** (-drr_db / 20) / np.sqrt(np.sum(reverberant**2))
+    reverberant[0] = 1.0  # the direct path
+    return reverberant.astype(np.float32)
+
+
+def tail_rir(rng: np.random.Generator, rt60_s: float, drr_db: float) -> np.ndarray:
+    """The augmentation's room: the direct path and a smooth decaying noise tail, no discrete reflections."""
+    n = int(rt60_s * SAMPLE_RATE)
+    tail = rng.standard_normal(n) * np.exp(-6.9 * np.arange(n) / (rt60_s * SAMPLE_RATE))
+    tail[0] = 0.0
+    tail *= 10 ** (-drr_db / 20) / np.sqrt(np.sum(tail**2))
+    tail[0] = 1.0
+    return tail.astype(np.float32)
+
+
+def reverberate(x: np.ndarray, rir: np.ndarray) -> np.ndarray:
+    """Through the room at the level of its direct path (a far source is quieter: see gain)."""
+    return convolve(x, rir)
+
+
+def mix_noise(x: np.ndarray, noise: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
+    """x plus a random stretch of noise (looped if short) at snr_db below the sound's active level."""
+    if noise.size < x.size:
+        noise = np.tile(noise, x.size // noise.size + 1)
+    start = int(rng.integers(0, noise.size - x.size + 1))
+    part = noise[start : start + x.size].astype(np.float64)
+    part *= active_rms(x) / (rms(part) * 10 ** (snr_db / 20))
+    return (x + part).astype(np.float32)
+
+
+def coloured_noise(rng: np.random.Generator, n: int, exponent: float) -> np.ndarray:
+    """Noise with a 1/f**exponent power spectrum (0 white, 1 pink, 2 brown), unit RMS."""
+    spectrum = rng.standard_normal(n // 2 + 1) + 1j * rng.standard_normal(n // 2 + 1)
+    f = np.fft.rfftfreq(n, 1 / SAMPLE_RATE)
+    spectrum *= 1 / np.maximum(f, 20.0) ** (exponent / 2)
+    noise = np.fft.irfft(spectrum, n)
+    return (noise / rms(noise)).astype(np.float32)
+
+
+def camera_mic(x: np.ndarray) -> np.ndarray:
+    """A cheap camera microphone: 4th-order band-pass 250 Hz - 5 kHz and soft compression of peaks."""
+    sos = butter(4, [250.0, 5000.0], btype="bandpass", fs=SAMPLE_RATE, output="sos")
+    y = sosfilt(sos, x)
+    level = max(float(np.max(np.abs(y))), 1e-6)
+    return (np.tanh(2.0 * y / level) * level / np.tanh(2.0)).astype(np.float32)
+
+
+def g711(x: np.ndarray) -> np.ndarray:
+    """A G.711 mu-law telephone line (8 kHz, 300-3400 Hz), back at 16 kHz, as long as x."""
+    line = telephone_channel(x, SAMPLE_RATE, np.random.default_rng(0))
+    return np.pad(line[: x.size], (0, max(0, x.size - line.size))).astype(np.float32)
+
+
+# Samples an encoder prepends that its decoder here does not drop (AAC's priming frame; Opus's pre-skip
+# is dropped by the decoder).
+PRIMING = {"aac": 1024}
+
+
+def codec(x: np.ndarray, name: str, bitrate: int) -> np.ndarray:
+    """Encode and decode with FFmpeg's encoder `name` (libopus, aac) at bitrate, through PyAV; as long as x."""
+    import av
+    import soxr
+
+    rate = 48_000 if name == "libopus" else SAMPLE_RATE
+    pcm = soxr.resample(x, SAMPLE_RATE, rate).astype(np.float32) if rate != SAMPLE_RATE else x
+    encoder = av.CodecContext.create(name, "w")
+    encoder.sample_rate, encoder.layout, encoder.format, encoder.bit_rate = rate, "mono", "flt", bitrate
+    if name == "aac":
+        encoder.format = "fltp"
+    encoder.open()
+    frame_size = encoder.frame_size or 1024
+    packets = []
+    padded = np.pad(pcm, (0, frame_size - pcm.size % frame_size))
+    for start in range(0, padded.size, frame_size):
+        chunk = padded[None, start : start + frame_size]
+        frame = av.AudioFrame.from_ndarray(chunk, format=encoder.format.name, layout="mono")
+        frame.sample_rate, frame.pts = rate, start
+        packets += encoder.encode(frame)
+    packets += encoder.encode(None)
+    decoder = av.CodecContext.create(name.replace("lib", ""), "r")
+    decoder.sample_rate, decoder.layout = rate, "mono"
+    if name == "libopus":
+        decoder.extradata = encoder.extradata
+    out = [f.to_ndarray().reshape(-1) for p in packets for f in decoder.decode(p)]
+    y = np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
+    y = soxr.resample(y, rate, SAMPLE_RATE).astype(np.float32) if rate != SAMPLE_RATE else y
+    y = y[PRIMING.get(name, 0) :]
+    return np.pad(y[: x.size], (0, max(0, x.size - y.size))).astype(np.float32)
+
+
+def in_window(x: np.ndarray, window_s: float, rng: np.random.Generator, floor_db: float = -60.0) -> np.ndarray:
+    """x at a random offset inside a fixed window of faint room noise: what calmd's fixed windows cut."""
+    n = max(int(window_s * SAMPLE_RATE), x.size)
+    out = coloured_noise(rng, n, 1.0) * 10 ** (floor_db / 20)
+    start = int(rng.integers(0, n - x.size + 1))
+    out[start : start + x.size] += x
+    return out.astype(np.float32)
+
+
+__all__ = [
+    "active_rms",
+    "band_limit",
+    "camera_mic",
+    "codec",
+    "coloured_noise",
+    "g711",
+    "gain",
+    "in_window",
+    "mix_noise",
+    "reverberate",
+    "rms",
+    "room_rir",
+    "tail_rir",
+]
