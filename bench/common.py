@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import statistics
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,3 +38,28 @@ def fit_probe(support: torch.Tensor, labels: torch.Tensor):
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+class Features:
+    """Head features of shifted, conditioned clips, computed once and kept on disk by a key."""
+
+    def __init__(self, backbone, cache: Path) -> None:  # type: ignore[no-untyped-def]
+        self.backbone = backbone
+        self.cache = cache
+        cache.mkdir(parents=True, exist_ok=True)
+
+    def get(self, key: str, clips: list[np.ndarray], make: Callable[[int, np.ndarray], np.ndarray]) -> torch.Tensor:
+        path = self.cache / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
+        if path.is_file():
+            return torch.load(path)
+        prepared = [make(i, c) for i, c in enumerate(clips)]
+        order = sorted(range(len(prepared)), key=lambda i: prepared[i].size)
+        out: list[torch.Tensor | None] = [None] * len(prepared)
+        for start in range(0, len(order), 8):
+            batch = order[start : start + 8]
+            feats = self.backbone.head_activations([prepared[i] for i in batch])
+            for i, f in zip(batch, feats):
+                out[i] = f
+        stacked = torch.stack([t for t in out if t is not None])
+        torch.save(stacked, path)
+        return stacked

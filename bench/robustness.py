@@ -28,21 +28,20 @@ the test shifts', so a gain here is not the augmentation recognising its own cop
 from __future__ import annotations
 
 import argparse
-import hashlib
-from dataclasses import replace
 import json
 import logging
 import math
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from common import class_pools, fit_probe, head_matrix, mean_sd, support_draws
+from common import Features, class_pools, fit_probe, head_matrix, mean_sd, support_draws
 
-from calm_core import shifts
+from calm_core import calm, shifts
 from calm_core.audio import decode_file, load_audio, prepare_clip
 from calm_core.augment import augment, recipe_channels
 from calm_core.backbones import LoadOptions, load_backbone
@@ -95,31 +94,6 @@ def test_shift(name: str, backgrounds: list[np.ndarray]) -> Callable[[np.ndarray
     return table[name]
 
 
-class Features:
-    """Head features of shifted, conditioned clips, computed once and kept on disk by a key."""
-
-    def __init__(self, backbone, cache: Path) -> None:  # type: ignore[no-untyped-def]
-        self.backbone = backbone
-        self.cache = cache
-        cache.mkdir(parents=True, exist_ok=True)
-
-    def get(self, key: str, clips: list[np.ndarray], make: Callable[[int, np.ndarray], np.ndarray]) -> torch.Tensor:
-        path = self.cache / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
-        if path.is_file():
-            return torch.load(path)
-        prepared = [make(i, c) for i, c in enumerate(clips)]
-        order = sorted(range(len(prepared)), key=lambda i: prepared[i].size)
-        out: list[torch.Tensor | None] = [None] * len(prepared)
-        for start in range(0, len(order), 8):
-            batch = order[start : start + 8]
-            feats = self.backbone.head_activations([prepared[i] for i in batch])
-            for i, f in zip(batch, feats):
-                out[i] = f
-        stacked = torch.stack([t for t in out if t is not None])
-        torch.save(stacked, path)
-        return stacked
-
-
 def parse_method(text: str) -> tuple[str, dict]:
     """`calm` or `calm[top_k=40,tau=0.05]`: a method and CalmConfig overrides (top_k=all: every head)."""
     if "[" not in text:
@@ -138,8 +112,13 @@ def fit_predict(pipeline: str, support: torch.Tensor, labels: torch.Tensor, grou
     if method == "probe":
         probe = fit_probe(support, labels)
         return {s: torch.from_numpy(probe.predict(head_matrix(t))) for s, t in tests.items()}
+    clean_protos = overrides.pop("clean_protos", None)
     config = replace(PRESETS["paper" if method == "paper" else "calm"], **overrides)
     clf = CalmClassifier.fit(support, labels, names, backbone.layout, backbone.fingerprint, config, groups=groups)
+    if clean_protos and groups is not None:  # experiment: prototypes from the recordings themselves only
+        n = int(groups.max()) + 1
+        flat = support[:n].flatten(1, 2)
+        clf.prototypes = calm.class_prototypes(flat, labels[:n], len(names))[:, clf.heads].contiguous()
     return {s: clf.scores(t, "sav" if method == "sav" else "calm").argmax(1) for s, t in tests.items()}
 
 
@@ -157,25 +136,26 @@ def evaluate_set(name: str, model: str, args: argparse.Namespace, backgrounds: l
     feats = Features(backbone, default_cache_dir().parent / "bench" / "robustness" / backbone.fingerprint.digest[:16])
     tag = f"{name}:{len(test)}"
     tests: dict[str, dict[str, torch.Tensor]] = {"none": {}, "sound": {}}
-    for shift in SHIFTS:
+    for k, shift in enumerate(SHIFTS):
         fn = test_shift(shift, backgrounds)
         for cond in ("none", "sound"):
-            tests[cond][shift] = feats.get(
-                f"test:{tag}:{shift}:{cond}", test_audio,
-                lambda i, x, fn=fn, cond=cond, s=shift: condition(fn(x, np.random.default_rng([i, SHIFTS.index(s)])), cond),
-            )  # fmt: skip
-    channels = recipe_channels(RECIPE)
-    pool_feats = {
-        cond: [feats.get(f"pool:{name}:clean:{cond}", pool_audio, lambda i, x, cond=cond: condition(x, cond))]
-        + [
-            feats.get(f"pool:{name}:{ch}:{cond}", pool_audio, lambda i, x, ch=ch, cond=cond: condition(augment(x, ch), cond))
-            for ch in channels
-        ]  # fmt: skip
-        for cond in ("none", "sound")
-    }
+
+            def shifted(i: int, x: np.ndarray, fn=fn, cond=cond, k=k) -> np.ndarray:  # type: ignore[no-untyped-def]
+                return condition(fn(x, np.random.default_rng([i, k])), cond)
+
+            tests[cond][shift] = feats.get(f"test:{tag}:{shift}:{cond}", test_audio, shifted)
+    pool_feats: dict[str, list[torch.Tensor]] = {}
+    for cond in ("none", "sound"):
+        pool_feats[cond] = [feats.get(f"pool:{name}:clean:{cond}", pool_audio, lambda i, x, c=cond: condition(x, c))]
+        for ch in recipe_channels(RECIPE):
+
+            def copy(i: int, x: np.ndarray, ch=ch, cond=cond) -> np.ndarray:  # type: ignore[no-untyped-def]
+                return condition(augment(x, ch), cond)
+
+            pool_feats[cond].append(feats.get(f"pool:{name}:{ch}:{cond}", pool_audio, copy))
     y_t, ty_t = torch.tensor(y), torch.tensor(ty)
-    res: dict = {"classes": names, "pool": len(pool), "test": len(test),
-                 "layout": f"{backbone.layout.n_layers} layers x {backbone.layout.n_heads} heads", "shots": {}}  # fmt: skip
+    layout = f"{backbone.layout.n_layers} layers x {backbone.layout.n_heads} heads"
+    res: dict = {"classes": names, "pool": len(pool), "test": len(test), "layout": layout, "shots": {}}
     for shots in args.shots:
         t0 = time.perf_counter()
         acc: dict[str, dict[str, list[float]]] = {p: {s: [] for s in SHIFTS} for p in args.pipelines}

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .augment import DEFAULT_RECIPE, RECIPES
+from .augment import DEFAULT_RECIPE, RECIPES, SUGGESTED_RECIPE
 from .backbones import LoadOptions, load_backbone
 from .backbones.base import DTYPES, Backbone
 from .calm import SCHEMES
@@ -442,7 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--augment", choices=list(RECIPES), metavar="RECIPE",
         help=f"also fit on copies of each support clip through other rooms, distances, noises and bands: "
-        f"{', '.join(RECIPES)} (default {DEFAULT_RECIPE}; none with --preset paper)",
+        f"{', '.join(RECIPES)} (default {DEFAULT_RECIPE}). {SUGGESTED_RECIPE} when the support clips were recorded "
+        "unlike the live audio (a phone's recordings for a camera's microphone): better out of domain, a little "
+        "worse in domain (docs/robustness.md)",
     )  # fmt: skip
     fit.add_argument(
         "--calibrate", default="eer", metavar="RULE",

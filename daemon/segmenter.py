@@ -34,7 +34,10 @@ def frame_dbfs(frame: np.ndarray) -> float:
 class NoiseFloor:
     """Sound activity for sounds a voice detector is not made for: a frame is active when its level is
     above_db over the noise floor. The floor follows quieter frames at once and rises by at most
-    rise_db_per_frame (so a long sound does not become the floor within a few seconds)."""
+    rise_db_per_frame (so a long sound does not become the floor within a few seconds). Digital silence
+    (below SILENCE_DBFS: padding, a muted input) is never active and is not a noise floor to follow."""
+
+    SILENCE_DBFS = -90.0
 
     def __init__(self, above_db: float, rise_db_per_frame: float, start_dbfs: float = -60.0):
         self.above_db = above_db
@@ -42,6 +45,8 @@ class NoiseFloor:
         self.floor = start_dbfs
 
     def active(self, level_dbfs: float) -> bool:
+        if level_dbfs < self.SILENCE_DBFS:
+            return False
         self.floor = min(level_dbfs, self.floor + self.rise)
         return level_dbfs >= self.floor + self.above_db
 

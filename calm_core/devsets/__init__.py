@@ -5,6 +5,7 @@
 instruments: fluidsynth instrument families and espeak-ng speech (the first set; the default).
 events: recorded sound effects from game and desktop packages, seven classes.
 spoof: volunteers' speech against synthesisers reading the same sentences, on a telephone line.
+calls: four human sources against four synthesisers (one neural), for testing spoof detection out of domain.
 
 Clips are 16 kHz mono PCM_16 WAV of at most 4 s, peak-normalised. The split is fixed by the seed.
 The manifest names the set, its parameters, class and split counts, the Debian packages used with
@@ -17,10 +18,10 @@ import os
 from pathlib import Path
 
 from ..errors import DatasetError
-from . import events, instruments, spoof
+from . import calls, events, instruments, spoof
 from .common import DevSet, check_requirements, missing_packages, read_manifest, write_devset
 
-DEVSETS: dict[str, DevSet] = {d.name: d for d in (instruments.DEVSET, events.DEVSET, spoof.DEVSET)}
+DEVSETS: dict[str, DevSet] = {d.name: d for d in (instruments.DEVSET, events.DEVSET, spoof.DEVSET, calls.DEVSET)}
 
 __all__ = ["DEVSETS", "DevSet", "build_devset", "default_devset_dir", "missing_packages"]
 

@@ -77,7 +77,8 @@ def test_energy_mode_finds_tones_webrtcvad_is_not_made_for() -> None:
     rng = np.random.default_rng(0)
     floor = lambda s: (rng.standard_normal(int(s * SR)) * 10 ** (-65 / 20)).astype(np.float32)  # noqa: E731
     beep = lambda s: (tone(2000.0, s, noise=0.0) * 0.05).astype(np.float32)  # about -29 dBFS  # noqa: E731
-    audio = np.concatenate([floor(2.0), beep(0.8), floor(1.5), beep(1.2), floor(1.0)])
+    silence = np.zeros(SR, np.float32)  # digital silence first: padding, not a floor to measure against
+    audio = np.concatenate([silence, floor(1.0), beep(0.8), floor(1.5), beep(1.2), floor(1.0)])
     vad = VadSection(mode="energy", frame_ms=20, pre_roll_ms=100, hangover_ms=200)
     segments = run(Segmenter("s", vad), audio)
     assert [round(s.start_s, 2) for s in segments] == [1.9, 4.2]  # onsets 2.0 and 4.3 s, minus the pre-roll
@@ -94,3 +95,4 @@ def test_energy_mode_floor_follows_a_louder_background_slowly() -> None:
     assert steps[100] and not steps[-1]  # still active after 2 s (floor -48), not after 4 s (floor -40)
     assert floor.floor == pytest.approx(-60.0 + 201 * 0.06)
     assert not floor.active(-55.0) and floor.floor == -55.0  # falls at once
+    assert not floor.active(-200.0) and floor.floor == -55.0  # digital silence: neither active nor a floor
