@@ -31,7 +31,7 @@ from calm_core.augment import augment, recipe_channels
 from calm_core.backbones import LoadOptions, load_backbone
 from calm_core.calibration import far_threshold, loo_log_odds
 from calm_core.classifier import PRESETS, CalmClassifier
-from calm_core.conditioning import condition
+from calm_core.conditioning import VERSION, condition
 from calm_core.detection import eer, log_odds, per_call
 from calm_core.devsets import build_devset
 from calm_core.devsets.calls import GENUINE_SOURCES, SPOOF_SOURCES
@@ -93,11 +93,11 @@ def evaluate(model: str, args: argparse.Namespace) -> dict:
     store = Features(backbone, default_cache_dir().parent / "bench" / "calls" / backbone.fingerprint.digest[:16])
     feats = {
         "none": [store.get("calls:none", audio, lambda i, x: x)],
-        "sound": [store.get("calls:sound", audio, lambda i, x: condition(x, "sound"))],
+        "sound": [store.get(f"calls:sound/{VERSION}", audio, lambda i, x: condition(x, "sound"))],
     }
     for ch in recipe_channels("channels"):
         feats["sound"].append(
-            store.get(f"calls:{ch}:sound", audio, lambda i, x, ch=ch: condition(augment(x, ch), "sound"))
+            store.get(f"calls:{ch}:sound/{VERSION}", audio, lambda i, x, ch=ch: condition(augment(x, ch), "sound"))
         )
     y = data["label"].astype(int)
     res: dict = {"layout": f"{backbone.layout.n_layers} layers x {backbone.layout.n_heads} heads", "shots": {}}

@@ -41,17 +41,18 @@ import numpy as np
 import torch
 from common import Features, class_pools, fit_probe, head_matrix, mean_sd, support_draws
 
-from calm_core import calm, shifts
+from calm_core import shifts
 from calm_core.audio import decode_file, load_audio, prepare_clip
 from calm_core.augment import augment, recipe_channels
 from calm_core.backbones import LoadOptions, load_backbone
 from calm_core.classifier import PRESETS, CalmClassifier
-from calm_core.conditioning import condition
+from calm_core.conditioning import VERSION, condition
 from calm_core.data import label_index, load_examples
 from calm_core.devsets import build_devset
 from calm_core.features import default_cache_dir
 
 MARKER = "<!-- results: written by bench/robustness.py -->"
+CALLS_START, CALLS_END = "<!-- calls: written by bench/calls.py -->", "<!-- calls end -->"
 PER_CLASS = {"instruments": 40}
 AMBIENCE = Path("/usr/share/games/wesnoth/1.16/data/core/sounds/ambient")  # Debian wesnoth-1.16-data
 BACKGROUNDS = ("campfire.ogg", "night.ogg", "ship.ogg")
@@ -112,13 +113,8 @@ def fit_predict(pipeline: str, support: torch.Tensor, labels: torch.Tensor, grou
     if method == "probe":
         probe = fit_probe(support, labels)
         return {s: torch.from_numpy(probe.predict(head_matrix(t))) for s, t in tests.items()}
-    clean_protos = overrides.pop("clean_protos", None)
     config = replace(PRESETS["paper" if method == "paper" else "calm"], **overrides)
     clf = CalmClassifier.fit(support, labels, names, backbone.layout, backbone.fingerprint, config, groups=groups)
-    if clean_protos and groups is not None:  # experiment: prototypes from the recordings themselves only
-        n = int(groups.max()) + 1
-        flat = support[:n].flatten(1, 2)
-        clf.prototypes = calm.class_prototypes(flat, labels[:n], len(names))[:, clf.heads].contiguous()
     return {s: clf.scores(t, "sav" if method == "sav" else "calm").argmax(1) for s, t in tests.items()}
 
 
@@ -143,16 +139,17 @@ def evaluate_set(name: str, model: str, args: argparse.Namespace, backgrounds: l
             def shifted(i: int, x: np.ndarray, fn=fn, cond=cond, k=k) -> np.ndarray:  # type: ignore[no-untyped-def]
                 return condition(fn(x, np.random.default_rng([i, k])), cond)
 
-            tests[cond][shift] = feats.get(f"test:{tag}:{shift}:{cond}", test_audio, shifted)
+            tests[cond][shift] = feats.get(f"test:{tag}:{shift}:{cond}/{VERSION}", test_audio, shifted)
     pool_feats: dict[str, list[torch.Tensor]] = {}
     for cond in ("none", "sound"):
-        pool_feats[cond] = [feats.get(f"pool:{name}:clean:{cond}", pool_audio, lambda i, x, c=cond: condition(x, c))]
+        clean = feats.get(f"pool:{name}:clean:{cond}/{VERSION}", pool_audio, lambda i, x, c=cond: condition(x, c))
+        pool_feats[cond] = [clean]
         for ch in recipe_channels(RECIPE):
 
             def copy(i: int, x: np.ndarray, ch=ch, cond=cond) -> np.ndarray:  # type: ignore[no-untyped-def]
                 return condition(augment(x, ch), cond)
 
-            pool_feats[cond].append(feats.get(f"pool:{name}:{ch}:{cond}", pool_audio, copy))
+            pool_feats[cond].append(feats.get(f"pool:{name}:{ch}:{cond}/{VERSION}", pool_audio, copy))
     y_t, ty_t = torch.tensor(y), torch.tensor(ty)
     layout = f"{backbone.layout.n_layers} layers x {backbone.layout.n_heads} heads"
     res: dict = {"classes": names, "pool": len(pool), "test": len(test), "layout": layout, "shots": {}}
@@ -240,8 +237,10 @@ def main() -> int:
             results[f"{name} · {model.removeprefix('bundled:')}"] = evaluate_set(name, model, args, backgrounds)
     old = args.out.read_text() if args.out.is_file() else ""
     head = old.split(MARKER)[0] if MARKER in old else ""
+    # bench/calls.py's section, between its own markers, is kept as it is
+    calls = old[old.index(CALLS_START) : old.index(CALLS_END) + len(CALLS_END)] if CALLS_END in old else ""
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(head + MARKER + "\n\n" + report(results, args) + "\n")
+    args.out.write_text(head + MARKER + "\n\n" + report(results, args) + "\n" + (f"\n{calls}\n" if calls else ""))
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
     return 0

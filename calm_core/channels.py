@@ -9,6 +9,7 @@ import numpy as np
 
 from .audio import SAMPLE_RATE
 from .conditioning import CONDITIONINGS, condition
+from .conditioning import VERSION as CONDITIONING_VERSION
 
 CHANNELS = ("none", "telephone")
 
@@ -58,7 +59,7 @@ class Preprocessing:
         if self.copy is not None:
             parts.append(self.copy)
         if self.conditioning != "none":
-            parts.append(f"cond={self.conditioning}")
+            parts.append(f"cond={self.conditioning}/{CONDITIONING_VERSION}")
         return "|".join(parts)
 
     def copies(self, recipe: str) -> list[Preprocessing]:

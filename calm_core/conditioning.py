@@ -21,6 +21,8 @@ from .audio import SAMPLE_RATE
 Conditioning = Literal["none", "sound"]
 CONDITIONINGS: tuple[str, ...] = get_args(Conditioning)
 DEFAULT_CONDITIONING: Conditioning = "sound"
+# Bumped whenever `sound` changes what it returns: cached features of conditioned clips carry it.
+VERSION = 1
 
 FRAME = SAMPLE_RATE // 50  # 20 ms
 TRIM_DB = 40.0  # frames this far below the loudest frame count as the silence around the sound

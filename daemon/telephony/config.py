@@ -53,6 +53,20 @@ class _WebSocketSection(ListenerSection):
 class TwilioSection(_WebSocketSection):
     LEGS: ClassVar[tuple[str, ...]] = ("inbound", "outbound")  # inbound: the caller, as Twilio hears them
     port: Annotated[int, Field(ge=0, le=65535)] = 9093
+    # The account's Auth Token: when set, every handshake must carry X-Twilio-Signature, Twilio's HMAC-SHA1 of
+    # the URL it connected to. public_url is that URL's scheme and host as Twilio sees them (calmd sits behind
+    # a TLS proxy): wss://calm.example.com; the request's path and query are appended to it.
+    auth_token: Annotated[str, Field(min_length=16)] | None = None
+    public_url: str | None = None
+
+    @model_validator(mode="after")
+    def _signature(self) -> TwilioSection:
+        if self.auth_token is not None:
+            if self.public_url is None:
+                raise ValueError("auth_token needs public_url, the wss://host Twilio connects to (see the README)")
+            if not self.public_url.startswith(("wss://", "https://")) or self.public_url.count("/") > 2:
+                raise ValueError(f"public_url {self.public_url!r}: expected wss://host[:port], with no path")
+        return self
 
 
 class AudioForkSection(_WebSocketSection):

@@ -18,13 +18,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
+from websockets.http11 import Request, Response
 
 from .base import BadInput, Call, mulaw_to_float
+from .config import TwilioSection
 from .websocket import WebSocketListener, token_matches
 
 RATE = 8000
@@ -38,10 +43,30 @@ def _object(data: Any, what: str) -> dict[str, Any]:
     return data
 
 
+def twilio_signature(auth_token: str, url: str, params: dict[str, str] | None = None) -> str:
+    """X-Twilio-Signature as Twilio computes it: base64 of HMAC-SHA1, keyed with the Auth Token, of the full URL
+    followed by every POST parameter's name and value, sorted by name (a WebSocket handshake has none)."""
+    data = url + "".join(k + params[k] for k in sorted(params or {}))
+    return base64.b64encode(hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()).decode()
+
+
 class TwilioListener(WebSocketListener):
     protocol = "twilio"
     legs_scored_by_default = ("inbound",)
     token_later = True
+    cfg: TwilioSection
+
+    def _handshake(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Twilio's own signature first, when an Auth Token is configured; then the busy and token checks."""
+        if self.cfg.auth_token is not None:
+            assert self.cfg.public_url is not None  # the config refuses one without the other
+            expected = twilio_signature(self.cfg.auth_token, self.cfg.public_url + request.path)
+            offered = request.headers.get("X-Twilio-Signature")
+            if offered is None or not hmac.compare_digest(expected.encode(), offered.encode()):
+                which = "a wrong" if offered else "no"
+                self.refuse("signature", f"{which} X-Twilio-Signature from {connection.remote_address}")
+                return connection.respond(HTTPStatus.FORBIDDEN, "calmd: X-Twilio-Signature does not verify\n")
+        return super()._handshake(connection, request)
 
     async def _message(self, ws: ServerConnection, timeout: float) -> dict[str, Any]:
         raw = await self.receive(ws, timeout)

@@ -18,9 +18,7 @@ pytestmark = pytest.mark.slow
 
 def run_bench(args: list[str], tmp_path: Path, timeout: int) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"{args[0]} exited {done.returncode}:\n{done.stderr[-4000:]}"
     # A daemon thread or C++ pool still running at exit aborts with this (and exit status 134).
     assert "terminate called" not in done.stderr

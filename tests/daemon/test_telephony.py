@@ -108,9 +108,9 @@ def twilio_messages(call_sid: str, tracks: dict[str, np.ndarray], params: dict |
     return out
 
 
-def twilio_call(port: int, messages: list[str], path: str = "/media") -> int | None:
+def twilio_call(port: int, messages: list[str], path: str = "/media", headers: dict | None = None) -> int | None:
     """Send every message, then wait for calmd to close; the close code it sent."""
-    with ws_connect(f"ws://127.0.0.1:{port}{path}", open_timeout=30) as ws:
+    with ws_connect(f"ws://127.0.0.1:{port}{path}", open_timeout=30, additional_headers=headers) as ws:
         try:
             for m in messages:
                 ws.send(m)

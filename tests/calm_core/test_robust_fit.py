@@ -1,0 +1,98 @@
+"""`calm fit` with conditioning and augmented support, `calm add` on such a classifier, and `calm calibrate`,
+as real subprocesses on the tiny model."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from calm_core.augment import recipe_channels
+from calm_core.backbones import load_backbone
+from calm_core.calibration import far_threshold
+from calm_core.channels import Preprocessing
+from calm_core.classifier import CalmClassifier
+from calm_core.evaluation import detection_scores
+from calm_core.features import FeatureStore
+from calm_core.testing import write_tone_dataset
+
+from .test_add import same_classifier, write_voice
+from .test_cli import calm
+
+COPIES = 1 + len(recipe_channels("channels"))
+
+
+@pytest.fixture(scope="module")
+def augmented(tiny_model_dir: Path, tone_sets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
+    work = tmp_path_factory.mktemp("augmented")
+    out, cache = work / "aug.calm.safetensors", work / "cache"
+    proc = calm("fit", "--model", str(tiny_model_dir), "--support", str(tone_sets["support"]), "--out", str(out),
+                "--cache-dir", str(cache), "--augment", "channels", "--top-k", "6", "--positive", "siren")  # fmt: skip
+    return out, cache, json.loads(proc.stdout)
+
+
+def test_fit_extracts_every_copy_and_records_its_preprocessing(augmented) -> None:
+    out, _, summary = augmented
+    assert summary["support"] == 20 and summary["cache"] == {"hits": 0, "misses": 20 * COPIES}
+    assert summary["conditioning"] == "sound" and summary["augmentation"] == "channels"
+    info = CalmClassifier.load(out).info
+    assert (info["conditioning"], info["augmentation"], info["channel"]) == ("sound", "channels", "none")
+    # the threshold comes from grouped leave-one-out: one score per recording, not per copy
+    assert info["decision"]["n_positive"] + info["decision"]["n_negative"] == 20
+
+
+def test_add_refits_from_cached_copies_like_a_fit_from_scratch(augmented, tiny_model_dir, tone_sets, tmp_path) -> None:
+    out, cache, _ = augmented
+    new = write_voice(tmp_path / "new", (170.0, 210.0))
+    added = tmp_path / "added.calm.safetensors"
+    summary = json.loads(calm("add", "--classifier", str(out), "--label", "voice", *map(str, new), "--out",
+                              str(added), "--json").stdout)  # fmt: skip
+    assert summary["features"] == {"from_cache": 20 * COPIES, "computed": 2 * COPIES}
+    support = tmp_path / "support"
+    for f in tone_sets["support"].rglob("*.wav"):
+        (support / f.parent.name).mkdir(parents=True, exist_ok=True)
+        (support / f.parent.name / f.name).symlink_to(f)
+    (support / "voice").mkdir()
+    for f in new:
+        (support / "voice" / f.name).symlink_to(f)
+    scratch = tmp_path / "scratch.calm.safetensors"
+    calm("fit", "--model", str(tiny_model_dir), "--support", str(support), "--out", str(scratch),
+         "--cache-dir", str(cache), "--augment", "channels", "--top-k", "6", "--positive", "siren")  # fmt: skip
+    a, b = CalmClassifier.load(added), CalmClassifier.load(scratch)
+    b.info["fit"] = a.info["fit"]  # the clips' recorded paths differ (symlinks), nothing else may
+    same_classifier(a, b)
+
+
+def test_the_paper_preset_is_the_paper_method_unless_asked(tiny_model_dir, tone_sets, tmp_path) -> None:
+    out = tmp_path / "paper.calm.safetensors"
+    summary = json.loads(calm("fit", "--model", str(tiny_model_dir), "--support", str(tone_sets["support"]),
+                              "--out", str(out), "--preset", "paper", "--no-cache").stdout)  # fmt: skip
+    assert summary["conditioning"] == "none" and summary["augmentation"] == "none"
+
+
+def test_calibrate_sets_the_threshold_from_the_sites_genuine_clips(augmented, tiny_model_dir, tmp_path) -> None:
+    out, cache, _ = augmented
+    site = write_tone_dataset(tmp_path / "site", {"hum": 120.0, "beep": 1000.0, "whistle": 2600.0}, per_class=10)
+    calibrated = tmp_path / "site.calm.safetensors"
+    summary = json.loads(calm("calibrate", "--classifier", str(out), "--genuine", str(site), "--far", "0.1",
+                              "--out", str(calibrated), "--cache-dir", str(cache)).stdout)  # fmt: skip
+    # The threshold is recomputed here from the same clips, in this process.
+    clf = CalmClassifier.load(calibrated)
+    files = sorted(p for p in site.rglob("*.wav"))
+    feats = FeatureStore(load_backbone(tiny_model_dir), None, 4, Preprocessing.of(clf.info)).extract(files)
+    scores = detection_scores(clf, feats, "siren")["calm"]
+    assert clf.info["decision"]["threshold"] == far_threshold(scores, 0.1) == summary["new_threshold"]
+    assert summary["n"] == 30 and summary["flagged_at_new"] == np.mean(scores >= summary["new_threshold"]) <= 0.1
+    assert summary["stored_threshold"] == CalmClassifier.load(out).info["decision"]["threshold"]
+    assert clf.info["decision"]["rule"] == "far=0.1" and clf.info["decision"]["positive"] == "siren"
+
+
+def test_calibrate_refuses_a_classifier_that_is_no_detector(tiny_model_dir, tone_sets, tmp_path) -> None:
+    out = tmp_path / "plain.calm.safetensors"
+    calm("fit", "--model", str(tiny_model_dir), "--support", str(tone_sets["support"]), "--out", str(out), "--no-cache")
+    site = tmp_path / "site"
+    site.mkdir()
+    sf.write(site / "a.wav", np.zeros(16_000, np.float32), 16_000)
+    proc = calm("calibrate", "--classifier", str(out), "--genuine", str(site), check=False)
+    assert proc.returncode != 0 and "is not a detector (fit it with --positive CLASS" in proc.stderr
