@@ -1,6 +1,6 @@
 """Build a development set from recordings that ship in Debian packages (see calm_core.devsets).
 
-    python -m calm_core.devset [OUT] [--set instruments|events|spoof] [--per-class N] [--seed S]
+    python -m calm_core.devset [OUT] [--set instruments|events|spoof|calls] [--per-class N] [--seed S]
 
 OUT defaults to ~/.cache/calm/devsets/<set>. The sets and the Debian packages each needs:
   instruments  apt-get install fluidsynth fluid-soundfont-gm espeak-ng

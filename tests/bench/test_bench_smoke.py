@@ -58,3 +58,27 @@ def test_spoof_bench_runs_on_a_small_draw(tmp_path: Path) -> None:
     results = json.loads(out.with_suffix(".json").read_text())
     assert "seen" in results["whisper-tiny.en"]["conditions"]
     assert (tmp_path / "spoof-det.png").stat().st_size > 1000
+
+
+def test_gpu_sizing_runs_at_reduced_width_on_cpu(tmp_path: Path) -> None:
+    run_bench(["bench/gpu_sizing.py", "--device", "cpu", "--scale", "32", "--repeats", "1", "--out", str(tmp_path)],
+              tmp_path, timeout=900)  # fmt: skip
+    result = json.loads((tmp_path / "sizing.json").read_text())
+    d = result["dims"]
+    assert (d["hidden"], d["intermediate"], d["n_layers"]) == (128, 320, 4)  # 4096 / 32, 11008 / 32 to 64s
+    by_precision = {r["precision"]: r for r in result["runs"]}
+    assert set(by_precision) == {"fp32", "nf4"} and result["skipped"] == []
+    for run in by_precision.values():
+        assert [r["exit_layer"] for r in run["rows"]] == [0, 2, 3]
+        assert [t["batch"] for t in run["throughput"]] == [1, 4, 16, 64]
+        assert all(r["latency_ms"] > 0 for r in run["rows"]) and set(run["faster"]) == {
+            "prefix cache",
+            "batched encoder",
+        }
+    # The FLOP floor's count, by hand: q and o (128 x 128), k and v (128 x 64: the tiny writer's one KV head of
+    # 64 at this width), the MLP (3 x 128 x 320) per token, attention scores and mixing 2 x n x n x 128,
+    # 2 FLOPs per multiply-add, one layer at exit 0.
+    row = by_precision["fp32"]["rows"][0]
+    n = row["tokens"]
+    assert row["flops"] == 2 * ((2 * 128 * 128 + 2 * 128 * 64 + 3 * 128 * 320) * n + 2 * n * n * 128)
+    assert (tmp_path / "sizing.md").read_text().startswith("# Qwen2-Audio-7B-Instruct sizing (CPU, widths / 32)")

@@ -101,7 +101,7 @@ def test_a_missing_package_is_named_with_its_apt_get_line(tmp_path: Path, monkey
 
 
 def test_an_unknown_set_is_refused_with_the_allowed_names(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match="instruments, events, spoof"):
+    with pytest.raises(DatasetError, match="instruments, events, spoof, calls"):
         build_named("birdsong", tmp_path)
 
 
@@ -167,3 +167,24 @@ def test_spoof_pairs_sentences_and_puts_both_classes_on_the_line(tmp_path: Path)
         assert high_band_fraction(audio, rate) < 1e-4, clip["file"]
     assert {"tuxpaint-stamps-default", "espeak-ng", "festival"} <= {s["package"] for s in manifest["sources"]}
     assert all(s["licence"] for s in manifest["sources"])
+
+
+def test_calls_holds_every_source_on_both_sides_of_the_split_and_a_neural_voice(tmp_path: Path) -> None:
+    from calm_core.devsets.calls import GENUINE_SOURCES, SPOOF_SOURCES
+
+    out = build_named("calls", tmp_path / "calls", per_class=4, seed=2)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["classes"] == {"bonafide": 16, "spoof": 16}
+    sources = {(c["class"], c["source"], c["split"]) for c in manifest["clips"]}
+    for label, names in (("bonafide", GENUINE_SOURCES), ("spoof", SPOOF_SOURCES)):
+        assert {(label, s, split) for s in names for split in ("pool", "test")} <= sources
+    piper = [c for c in manifest["clips"] if c["source"] == "piper"]
+    assert {c["origin"]["voice"] for c in piper} == {"en_US-joe-medium"} and all(c["text"] for c in piper)
+    texts = [c["text"] for c in manifest["clips"] if "text" in c]
+    assert len(texts) == len(set(texts))  # no sentence twice, whoever says it
+    hedgewars = [c for c in manifest["clips"] if c["source"] == "hedgewars"]
+    assert all(not c["origin"]["file"].startswith("Robot/") for c in hedgewars)
+    check_wavs(out)
+    for clip in manifest["clips"]:
+        audio, rate = sf.read(out / clip["file"])
+        assert high_band_fraction(audio, rate) < 1e-4, clip["file"]  # every clip on the telephone line

@@ -1,0 +1,195 @@
+"""Qwen2-Audio-7B-Instruct at its real size, from its public config alone: speed and memory do not depend on
+the weights' values, so a random-weight model with the real widths runs the same kernels at the same shapes.
+
+    python bench/gpu_sizing.py --device cuda --out $OUT            # the real size, on a GPU
+    python bench/gpu_sizing.py --device cpu --scale 32 --out DIR   # reduced width (the test suite)
+
+Writes DIR/sizing.json and DIR/sizing.md: per precision (fp16; nf4 where bitsandbytes imports) and exit
+layer (0, 8, 16, 24, 31): load time and device memory with only layers <= exit loaded, latency of one 2 s
+segment; segments/s at batch 1, 4, 16, 64 at the deepest exit; the prefix cache and the batched encoder
+against the plain path; and each latency against its floor: the FLOPs up to the exit at the device's peak
+bf16 rate, and the bytes of weights read per forward at its memory bandwidth. Timings are medians of
+interleaved repeats. --scale N divides every width by N and keeps 4 decoder layers (a CPU-sized model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CONFIG = Path(__file__).with_name("configs") / "qwen2-audio-7b-instruct.json"
+# Peak dense bf16 tensor rate (TFLOP/s) and memory bandwidth (GB/s), from the vendors' data sheets.
+DEVICES = {"H200": (989.0, 4800.0), "H100": (989.0, 3350.0), "A100": (312.0, 2039.0), "L4": (121.0, 300.0)}
+EXITS = (0, 8, 16, 24, 31)
+BATCHES = (1, 4, 16, 64)
+SEGMENT_S = 2.0
+
+
+def dims(scale: int) -> dict[str, Any]:
+    """make_tiny_qwen2_audio's arguments for the public config, every width divided by scale."""
+    cfg = json.loads(CONFIG.read_text())
+    a, t = cfg["audio_config"], cfg["text_config"]
+    heads = max(2, t["num_attention_heads"] // scale)
+    # Scaled widths stay multiples of 64: bitsandbytes' CPU NF4 kernel packs weights in blocks of 64 rows.
+    width = lambda n: n if scale == 1 else max(64, n // scale // 64 * 64)  # noqa: E731
+    return {
+        "n_layers": t["num_hidden_layers"] if scale == 1 else 4,
+        "hidden": width(t["hidden_size"]),
+        "n_heads": heads,
+        "intermediate": width(t["intermediate_size"]),
+        "vocab_size": t["vocab_size"] // scale,
+        "audio_layers": a["encoder_layers"] if scale == 1 else 2,
+        "audio_dim": a["d_model"] // scale,
+        "audio_heads": max(2, a["encoder_attention_heads"] // scale),
+    }
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn: Any, device: str, repeats: int) -> float:
+    fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def memory_mb(device: str) -> float | None:
+    return torch.cuda.memory_allocated() / 2**20 if device.startswith("cuda") else None
+
+
+def floors(bb: Any, exit_layer: int, n_tokens: int, device_name: str, bytes_per_weight: float) -> dict[str, Any]:
+    """FLOPs of the decoder up to exit_layer (2 per multiply-add, attention included) and the weight bytes it reads."""
+    cfg = bb.model.config.text_config
+    h, inter, layers = cfg.hidden_size, cfg.intermediate_size, exit_layer + 1
+    kv = cfg.num_key_value_heads * (h // cfg.num_attention_heads)
+    per_layer_weights = h * h * 2 + h * kv * 2 + 3 * h * inter  # q, o, k, v, gate/up/down
+    flops = 2 * layers * (per_layer_weights * n_tokens + 2 * n_tokens * n_tokens * h)
+    weight_bytes = layers * per_layer_weights * bytes_per_weight
+    peak = next((v for k, v in DEVICES.items() if k in device_name), None)
+    out: dict[str, Any] = {"flops": flops, "weight_bytes": weight_bytes}
+    if peak:
+        out["flop_floor_ms"] = flops / (peak[0] * 1e12) * 1e3
+        out["bandwidth_floor_ms"] = weight_bytes / (peak[1] * 1e9) * 1e3
+    return out
+
+
+@torch.inference_mode()
+def measure(model_dir: Path, device: str, precision: str, repeats: int, exits: list[int]) -> dict[str, Any]:
+    from calm_core.backbones import LoadOptions, load_backbone
+    from calm_core.testing import voiced
+
+    clip = voiced(140.0, SEGMENT_S)
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else "CPU"
+    rows = []
+    for exit_layer in exits:
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        bb = load_backbone(str(model_dir), LoadOptions(device=device, dtype=precision, load_layers=exit_layer + 1))  # type: ignore[arg-type]
+        load_s = time.perf_counter() - t
+        n_tokens = len(bb.decoder.prefix_ids) + bb.audio_tokens(clip).shape[0] + 8
+        latency = timed(lambda b=bb, e=exit_layer: b.head_activations([clip], exit_layer=e), device, repeats)
+        row = {"exit_layer": exit_layer, "load_s": load_s, "memory_mb": memory_mb(device), "latency_ms": latency * 1e3,
+               "tokens": n_tokens}  # fmt: skip
+        row |= floors(bb, exit_layer, n_tokens, name, 0.5 if precision == "nf4" else 2.0)
+        rows.append(row)
+        del bb
+    deepest = exits[-1]
+    bb = load_backbone(str(model_dir), LoadOptions(device=device, dtype=precision, load_layers=deepest + 1))  # type: ignore[arg-type]
+    throughput = []
+    for batch in BATCHES:
+        clips = [voiced(120.0 + 3 * i, SEGMENT_S, seed=i) for i in range(batch)]
+        seconds = timed(lambda c=clips: bb.head_activations(c, exit_layer=deepest), device, max(1, repeats // 2))
+        throughput.append({"batch": batch, "segments_per_s": batch / seconds})
+    clips = [voiced(150.0, SEGMENT_S, seed=i) for i in range(4)]
+    faster = {}
+    d = bb.decoder
+    for what, fast, plain in (
+        ("prefix cache", lambda: d.heads(bb.batch_audio_tokens(clips), deepest, prefix_cache=True),
+         lambda: d.heads(bb.batch_audio_tokens(clips), deepest, prefix_cache=False)),
+        ("batched encoder", lambda: bb.batch_audio_tokens(clips), lambda: [bb.audio_tokens(c) for c in clips]),
+    ):  # fmt: skip
+        pairs = []
+        for _ in range(repeats):
+            pairs.append(timed(fast, device, 1) / timed(plain, device, 1))
+        faster[what] = statistics.median(pairs)
+    return {"precision": precision, "device": name, "rows": rows, "throughput": throughput, "faster": faster}
+
+
+def report(result: dict[str, Any]) -> str:
+    out = [f"# Qwen2-Audio-7B-Instruct sizing ({result['device']}, widths / {result['scale']})", ""]
+    for r in result["runs"]:
+        header = "| exit | load s | memory MiB | latency ms | FLOP floor ms | bandwidth floor ms |"
+        out += [f"## {r['precision']}", "", header, "|---|---|---|---|---|---|"]
+        for row in r["rows"]:
+            mem = f"{row['memory_mb']:.0f}" if row["memory_mb"] is not None else "–"
+            ff, bf = row.get("flop_floor_ms"), row.get("bandwidth_floor_ms")
+            ff_text, bf_text = ("–" if v is None else f"{v:.2f}" for v in (ff, bf))
+            out.append(f"| {row['exit_layer']} | {row['load_s']:.1f} | {mem} | {row['latency_ms']:.1f} | "
+                       f"{ff_text} | {bf_text} |")  # fmt: skip
+        rates = ", ".join(f"batch {t['batch']}: {t['segments_per_s']:.1f}" for t in r["throughput"])
+        fast = ", ".join(f"{k} {v:.2f}" for k, v in r["faster"].items())
+        out += ["", f"Segments/s: {rates}", "", f"Fast path / plain (median of interleaved repeats): {fast}", ""]
+    out += [f"Skipped: {s}" for s in result["skipped"]]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--scale", type=int, default=1, help="divide every width by this (CPU runs)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"bench/gpu_sizing.py: --device {args.device} but CUDA is not available", file=sys.stderr)
+        return 2
+    from calm_core.testing import make_tiny_qwen2_audio
+
+    d = dims(args.scale)
+    exits = [e for e in EXITS if e < d["n_layers"]] or [d["n_layers"] - 1]
+    if args.scale > 1:
+        exits = sorted({0, d["n_layers"] // 2, d["n_layers"] - 1})
+    result: dict[str, Any] = {"scale": args.scale, "dims": d, "runs": [], "skipped": []}
+    with tempfile.TemporaryDirectory(prefix="calm-sizing-") as tmp:
+        t = time.perf_counter()
+        model_dir = make_tiny_qwen2_audio(Path(tmp) / "qwen2-audio", **d, save_dtype=torch.bfloat16)
+        result["write_s"] = time.perf_counter() - t
+        precisions = ["fp16" if args.device.startswith("cuda") else "fp32", "nf4"]
+        for precision in precisions:
+            if precision == "nf4":
+                try:
+                    import bitsandbytes  # noqa: F401
+                except ImportError as e:
+                    result["skipped"].append(f"nf4: bitsandbytes does not import here ({e})")
+                    continue
+            result["runs"].append(measure(model_dir, args.device, precision, args.repeats, exits))
+            result["device"] = result["runs"][-1]["device"]
+            print(json.dumps(result["runs"][-1]), flush=True)
+    result.setdefault("device", args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "sizing.json").write_text(json.dumps(result, indent=1))
+    (args.out / "sizing.md").write_text(report(result))
+    print(report(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
