@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
-from common import class_pools, fit_probe, head_matrix, mean_sd, support_draws
+from common import class_pools, fit_probe, fmt, head_matrix, mean_sd, paired_interval, support_draws
 
 from calm_core import calm
 from calm_core.backbones import LoadOptions, load_backbone
@@ -80,18 +79,13 @@ def evaluate(feats, y, test, ty, names, layout, fingerprint, shots: int, n_draws
     return {"methods": rows, "exit_layers": exits, "fit_seconds": fit_s}
 
 
-def fmt(values: list[float]) -> str:
-    m, s = mean_sd(values)
-    return f"{m:.3f} ± {s:.3f}"
-
-
 def paired(a: list[float], b: list[float]) -> str:
     d = [x - y for x, y in zip(a, b)]
-    m, s = mean_sd(d)
-    half = 1.96 * s / math.sqrt(len(d))
+    m, lo, hi = paired_interval(a, b)
+    s = mean_sd(d)[1]
     wins = sum(x > 1e-9 for x in d) / len(d)
     ties = sum(abs(x) <= 1e-9 for x in d) / len(d)
-    return f"{m:+.3f} ± {s:.3f} [{m - half:+.3f}, {m + half:+.3f}] | {wins:.0%} / {ties:.0%}"
+    return f"{m:+.3f} ± {s:.3f} [{lo:+.3f}, {hi:+.3f}] | {wins:.0%} / {ties:.0%}"
 
 
 def report(results: dict, args: argparse.Namespace) -> str:

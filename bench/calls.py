@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import Features, fit_probe, head_matrix, mean_sd
+from common import Features, fit_probe, head_matrix, mean_sd, paired_interval
 
 from calm_core.audio import load_audio
 from calm_core.augment import augment, recipe_channels
@@ -33,7 +33,7 @@ from calm_core.calibration import far_threshold, loo_log_odds
 from calm_core.classifier import PRESETS, CalmClassifier
 from calm_core.conditioning import VERSION, condition
 from calm_core.detection import eer, log_odds, per_call
-from calm_core.devsets import build_devset
+from calm_core.devsets import build_devset, default_devset_dir
 from calm_core.devsets.calls import GENUINE_SOURCES, SPOOF_SOURCES
 from calm_core.features import default_cache_dir
 
@@ -88,16 +88,22 @@ def fold_scores(pipeline, feats, y, support, test, calib, backbone, shots_seed):
 
 def evaluate(model: str, args: argparse.Namespace) -> dict:
     backbone = load_backbone(model, LoadOptions())
-    data = load_set(build_devset("calls"))
+    if args.per_source:  # a quick run on a smaller build of the set, beside the full one
+        data = load_set(
+            build_devset("calls", Path(f"{default_devset_dir('calls')}-{args.per_source}"), args.per_source)
+        )
+    else:
+        data = load_set(build_devset("calls"))
     audio = [load_audio(p) for p in data["paths"]]
     store = Features(backbone, default_cache_dir().parent / "bench" / "calls" / backbone.fingerprint.digest[:16])
+    key = "calls" if not args.per_source else f"calls-{args.per_source}"
     feats = {
-        "none": [store.get("calls:none", audio, lambda i, x: x)],
-        "sound": [store.get(f"calls:sound/{VERSION}", audio, lambda i, x: condition(x, "sound"))],
+        "none": [store.get(f"{key}:none", audio, lambda i, x: x)],
+        "sound": [store.get(f"{key}:sound/{VERSION}", audio, lambda i, x: condition(x, "sound"))],
     }
     for ch in recipe_channels("channels"):
         feats["sound"].append(
-            store.get(f"calls:{ch}:sound/{VERSION}", audio, lambda i, x, ch=ch: condition(augment(x, ch), "sound"))
+            store.get(f"{key}:{ch}:sound/{VERSION}", audio, lambda i, x, ch=ch: condition(augment(x, ch), "sound"))
         )
     y = data["label"].astype(int)
     res: dict = {"layout": f"{backbone.layout.n_layers} layers x {backbone.layout.n_heads} heads", "shots": {}}
@@ -148,9 +154,8 @@ def pct(values: list[float]) -> str:
 
 
 def paired(a: list[float], b: list[float]) -> str:
-    d = np.array(a) - np.array(b)
-    half = 1.96 * d.std(ddof=1) / np.sqrt(d.size)
-    return f"{100 * d.mean():+.1f} [{100 * (d.mean() - half):+.1f}, {100 * (d.mean() + half):+.1f}]"
+    m, lo, hi = paired_interval(a, b)
+    return f"{100 * m:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
 
 
 def report(results: dict, args: argparse.Namespace) -> str:
@@ -197,6 +202,7 @@ def main() -> int:
     p.add_argument("--call-size", type=int, default=4)
     p.add_argument("--far", type=float, default=0.02, help="calibration: false-alarm rate on the site's calls")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--per-source", type=int, default=0, help="quick run: build the set with N clips per source")
     p.add_argument("--out", type=Path, default=Path("docs/robustness.md"))
     args = p.parse_args()
     logging.getLogger("calm_core.classifier").setLevel(logging.ERROR)

@@ -36,6 +36,19 @@ def fit_probe(support: torch.Tensor, labels: torch.Tensor):
     return LogisticRegression(C=1.0, max_iter=1000).fit(head_matrix(support), labels.numpy())
 
 
+def fmt(values: list[float]) -> str:
+    m, s = mean_sd(values)
+    return f"{m:.3f} ± {s:.3f}"
+
+
+def paired_interval(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """Mean of the per-draw differences a - b and its 95 % interval (normal approximation)."""
+    d = [x - y for x, y in zip(a, b)]
+    m, s = mean_sd(d)
+    half = 1.96 * s / len(d) ** 0.5
+    return m, m - half, m + half
+
+
 def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 

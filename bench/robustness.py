@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -39,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import Features, class_pools, fit_probe, head_matrix, mean_sd, support_draws
+from common import Features, class_pools, fit_probe, fmt, head_matrix, paired_interval, support_draws
 
 from calm_core import shifts
 from calm_core.audio import decode_file, load_audio, prepare_clip
@@ -124,13 +123,18 @@ def evaluate_set(name: str, model: str, args: argparse.Namespace, backgrounds: l
     pool, test = load_examples(data / "pool"), load_examples(data / "test")
     names, y = label_index(pool)
     _, ty = label_index(test, names)
-    if args.limit:
-        keep = [i for c in range(len(names)) for i in [j for j, v in enumerate(ty) if v == c][: args.limit]]
+    if args.limit:  # a quick run: the first clips of each class, in the pool and in the test half
+
+        def first(labels: list[int], n: int) -> list[int]:
+            return [i for c in range(len(names)) for i in [j for j, v in enumerate(labels) if v == c][:n]]
+
+        keep, keep_pool = first(ty, args.limit), first(y, 2 * args.limit)
         test, ty = [test[i] for i in keep], [ty[i] for i in keep]
+        pool, y = [pool[i] for i in keep_pool], [y[i] for i in keep_pool]
     pool_audio = [load_audio(e.path) for e in pool]
     test_audio = [load_audio(e.path) for e in test]
     feats = Features(backbone, default_cache_dir().parent / "bench" / "robustness" / backbone.fingerprint.digest[:16])
-    tag = f"{name}:{len(test)}"
+    tag = f"{name}:{len(test)}:{len(pool)}"
     tests: dict[str, dict[str, torch.Tensor]] = {"none": {}, "sound": {}}
     for k, shift in enumerate(SHIFTS):
         fn = test_shift(shift, backgrounds)
@@ -142,14 +146,14 @@ def evaluate_set(name: str, model: str, args: argparse.Namespace, backgrounds: l
             tests[cond][shift] = feats.get(f"test:{tag}:{shift}:{cond}/{VERSION}", test_audio, shifted)
     pool_feats: dict[str, list[torch.Tensor]] = {}
     for cond in ("none", "sound"):
-        clean = feats.get(f"pool:{name}:clean:{cond}/{VERSION}", pool_audio, lambda i, x, c=cond: condition(x, c))
+        clean = feats.get(f"pool:{tag}:clean:{cond}/{VERSION}", pool_audio, lambda i, x, c=cond: condition(x, c))
         pool_feats[cond] = [clean]
         for ch in recipe_channels(RECIPE):
 
             def copy(i: int, x: np.ndarray, ch=ch, cond=cond) -> np.ndarray:  # type: ignore[no-untyped-def]
                 return condition(augment(x, ch), cond)
 
-            pool_feats[cond].append(feats.get(f"pool:{name}:{ch}:{cond}/{VERSION}", pool_audio, copy))
+            pool_feats[cond].append(feats.get(f"pool:{tag}:{ch}:{cond}/{VERSION}", pool_audio, copy))
     y_t, ty_t = torch.tensor(y), torch.tensor(ty)
     layout = f"{backbone.layout.n_layers} layers x {backbone.layout.n_heads} heads"
     res: dict = {"classes": names, "pool": len(pool), "test": len(test), "layout": layout, "shots": {}}
@@ -182,16 +186,9 @@ def per_draw_ood(by_shift: dict[str, list[float]]) -> list[float]:
     return [float(np.mean([by_shift[s][d] for s in by_shift if s != "clean"])) for d in range(draws)]
 
 
-def fmt(values: list[float]) -> str:
-    m, s = mean_sd(values)
-    return f"{m:.3f} ± {s:.3f}"
-
-
 def paired(a: list[float], b: list[float]) -> str:
-    d = [x - y for x, y in zip(a, b)]
-    m, s = mean_sd(d)
-    half = 1.96 * s / math.sqrt(len(d))
-    return f"{m:+.3f} [{m - half:+.3f}, {m + half:+.3f}]"
+    m, lo, hi = paired_interval(a, b)
+    return f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
 def report(results: dict, args: argparse.Namespace) -> str:
@@ -225,7 +222,7 @@ def main() -> int:
     p.add_argument("--shots", type=int, nargs="+", default=[4, 8])
     p.add_argument("--draws", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, default=0, help="test clips per class (0: all); for a quick run")
+    p.add_argument("--limit", type=int, default=0, help="quick run: N test and 2N pool clips per class")
     p.add_argument("--pipelines", nargs="+", default=list(PIPELINES), help="e.g. calm[top_k=40]+cond+aug")
     p.add_argument("--out", type=Path, default=Path("docs/robustness.md"))
     args = p.parse_args()

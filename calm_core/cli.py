@@ -101,9 +101,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     val = load_examples(args.val) if args.val else None
     load_layers = None if config.max_layer is None else config.max_layer + 1
     backbone = _open_backbone(args, load_layers)
-    # The paper preset is the paper's method: clips as they are, no augmentation, unless asked for.
+    # The paper preset is the paper's method: clips as they are, no augmentation, unless asked for. A detector
+    # (--positive, e.g. spoof) keeps them too: the level and edges of speech are evidence there (docs/robustness.md).
     plain = args.preset == "paper"
-    conditioning = args.conditioning or ("none" if plain else DEFAULT_CONDITIONING)
+    conditioning = args.conditioning or ("none" if plain or args.positive else DEFAULT_CONDITIONING)
     augmentation = args.augment or ("none" if plain else DEFAULT_RECIPE)
     prep = Preprocessing(args.channel, conditioning)
     store = _store(args, backbone, prep)
@@ -437,7 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--conditioning", choices=CONDITIONINGS,
         help=f"what every clip goes through before the model, here and in calmd: sound = trimmed to the sound and "
-        f"brought to a fixed level, none = as it is (default {DEFAULT_CONDITIONING}; none with --preset paper)",
+        f"brought to a fixed level, none = as it is (default {DEFAULT_CONDITIONING}; none with --preset paper and "
+        "for detectors (--positive): out of domain it helps sound labels and hurts spoof detection)",
     )  # fmt: skip
     fit.add_argument(
         "--augment", choices=list(RECIPES), metavar="RECIPE",

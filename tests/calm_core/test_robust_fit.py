@@ -28,7 +28,8 @@ def augmented(tiny_model_dir: Path, tone_sets: dict[str, Path], tmp_path_factory
     work = tmp_path_factory.mktemp("augmented")
     out, cache = work / "aug.calm.safetensors", work / "cache"
     proc = calm("fit", "--model", str(tiny_model_dir), "--support", str(tone_sets["support"]), "--out", str(out),
-                "--cache-dir", str(cache), "--augment", "channels", "--top-k", "6", "--positive", "siren")  # fmt: skip
+                "--cache-dir", str(cache), "--augment", "channels", "--top-k", "6", "--positive", "siren",
+                "--conditioning", "sound")  # fmt: skip
     return out, cache, json.loads(proc.stdout)
 
 
@@ -58,17 +59,23 @@ def test_add_refits_from_cached_copies_like_a_fit_from_scratch(augmented, tiny_m
         (support / "voice" / f.name).symlink_to(f)
     scratch = tmp_path / "scratch.calm.safetensors"
     calm("fit", "--model", str(tiny_model_dir), "--support", str(support), "--out", str(scratch),
-         "--cache-dir", str(cache), "--augment", "channels", "--top-k", "6", "--positive", "siren")  # fmt: skip
+         "--cache-dir", str(cache), "--augment", "channels", "--top-k", "6", "--positive", "siren",
+         "--conditioning", "sound")  # fmt: skip
     a, b = CalmClassifier.load(added), CalmClassifier.load(scratch)
     b.info["fit"] = a.info["fit"]  # the clips' recorded paths differ (symlinks), nothing else may
     same_classifier(a, b)
 
 
-def test_the_paper_preset_is_the_paper_method_unless_asked(tiny_model_dir, tone_sets, tmp_path) -> None:
-    out = tmp_path / "paper.calm.safetensors"
-    summary = json.loads(calm("fit", "--model", str(tiny_model_dir), "--support", str(tone_sets["support"]),
-                              "--out", str(out), "--preset", "paper", "--no-cache").stdout)  # fmt: skip
-    assert summary["conditioning"] == "none" and summary["augmentation"] == "none"
+def test_conditioning_defaults_sound_labels_on_detectors_and_the_paper_preset_off(tiny_model_dir, tone_sets,
+                                                                                   tmp_path) -> None:  # fmt: skip
+    def fit(*options: str) -> dict:
+        out = str(tmp_path / "c.calm.safetensors")
+        args = ["--model", str(tiny_model_dir), "--support", str(tone_sets["support"]), "--out", out, "--no-cache"]
+        return json.loads(calm("fit", *args, *options).stdout)
+
+    assert (fit()["conditioning"], fit()["augmentation"]) == ("sound", "none")
+    assert fit("--preset", "paper")["conditioning"] == "none"
+    assert fit("--positive", "siren")["conditioning"] == "none"  # spoof-like detectors: level and edges are evidence
 
 
 def test_calibrate_sets_the_threshold_from_the_sites_genuine_clips(augmented, tiny_model_dir, tmp_path) -> None:
