@@ -86,21 +86,21 @@ def test_gpu_sizing_runs_at_reduced_width_on_cpu(tmp_path: Path) -> None:
 
 def test_robustness_bench_runs_on_a_small_draw(tmp_path: Path) -> None:
     out = tmp_path / "robustness.md"
-    run_bench(["bench/robustness.py", "--sets", "instruments", "--shots", "2", "--draws", "2", "--limit", "2",
-               "--pipelines", "calm", "calm+cond", "calm+cond+aug", "probe+cond", "--out", str(out)],
+    run_bench(["bench/robustness.py", "--sets", "instruments", "--shots", "2", "--draws", "2", "--limit", "1",
+               "--pipelines", "calm+cond", "calm+cond+aug", "probe+cond", "--out", str(out)],
               tmp_path, timeout=900)  # fmt: skip
     (result,) = json.loads(out.with_suffix(".json").read_text()).values()
     acc = result["shots"]["2"]
-    assert set(acc) == {"calm", "calm+cond", "calm+cond+aug", "probe+cond"}
+    assert set(acc) == {"calm+cond", "calm+cond+aug", "probe+cond"}
     assert all(len(acc[p][s]) == 2 for p in acc for s in ("clean", "window", "far", "opus", "camera"))
-    assert "| calm+cond+aug |" in out.read_text()
+    assert "| calm+cond+aug |" in out.read_text() and "calm+cond+aug: OOD" in out.read_text()
 
 
 def test_calls_bench_runs_on_a_small_build(tmp_path: Path) -> None:
     out = tmp_path / "robustness.md"
     out.write_text("# kept\n")
     run_bench(["bench/calls.py", "--models", "bundled:whisper-tiny.en", "--shots", "2", "--draws", "1",
-               "--per-source", "6", "--out", str(out)], tmp_path, timeout=900)  # fmt: skip
+               "--per-source", "4", "--call-size", "2", "--out", str(out)], tmp_path, timeout=900)  # fmt: skip
     text = out.read_text()
     assert text.startswith("# kept\n") and "## Calls: spoof detection out of domain" in text
     rows = json.loads((tmp_path / "calls.json").read_text())["whisper-tiny.en"]["shots"]["2"]["rows"]
