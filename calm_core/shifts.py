@@ -8,6 +8,8 @@ so that a gain measured on the bench is not the augmentation recognising its own
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy.signal import butter, fftconvolve, sosfilt
 
@@ -112,7 +114,7 @@ def codec(x: np.ndarray, name: str, bitrate: int) -> np.ndarray:
 
     rate = 48_000 if name == "libopus" else SAMPLE_RATE
     pcm = soxr.resample(x, SAMPLE_RATE, rate).astype(np.float32) if rate != SAMPLE_RATE else x
-    encoder = av.CodecContext.create(name, "w")
+    encoder: Any = av.CodecContext.create(name, "w")  # an audio codec context (the stubs type the base class)
     encoder.sample_rate, encoder.layout, encoder.format, encoder.bit_rate = rate, "mono", "flt", bitrate
     if name == "aac":
         encoder.format = "fltp"
@@ -126,7 +128,7 @@ def codec(x: np.ndarray, name: str, bitrate: int) -> np.ndarray:
         frame.sample_rate, frame.pts = rate, start
         packets += encoder.encode(frame)
     packets += encoder.encode(None)
-    decoder = av.CodecContext.create(name.replace("lib", ""), "r")
+    decoder: Any = av.CodecContext.create(name.replace("lib", ""), "r")
     decoder.sample_rate, decoder.layout = rate, "mono"
     if name == "libopus":
         decoder.extradata = encoder.extradata

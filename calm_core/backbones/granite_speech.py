@@ -210,7 +210,8 @@ def load_speech_lora(model: torch.nn.Module, model_dir: Path) -> None:
         raise ModelLoadError(f"{model_dir}: could not read the speech LoRA ({e})") from e
     config.inference_mode = True
     inject_adapter_in_model(config, model, adapter_name="default")
-    built = len(model.language_model.layers)  # a truncated load builds the first layers only
+    decoder: Any = model.language_model
+    built = len(decoder.layers)  # a truncated load builds the first layers only
     state = {k: v for k, v in ((lora_key(k), v) for k, v in weights.items()) if decoder_layer(k) < built}
     expected = {n.replace(".default.", ".") for n, _ in model.named_parameters() if ".default." in n}
     missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)

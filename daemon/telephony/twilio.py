@@ -46,7 +46,8 @@ def _object(data: Any, what: str) -> dict[str, Any]:
 def twilio_signature(auth_token: str, url: str, params: dict[str, str] | None = None) -> str:
     """X-Twilio-Signature as Twilio computes it: base64 of HMAC-SHA1, keyed with the Auth Token, of the full URL
     followed by every POST parameter's name and value, sorted by name (a WebSocket handshake has none)."""
-    data = url + "".join(k + params[k] for k in sorted(params or {}))
+    given = params or {}
+    data = url + "".join(k + given[k] for k in sorted(given))
     return base64.b64encode(hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()).decode()
 
 
