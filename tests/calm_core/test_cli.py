@@ -177,6 +177,7 @@ def test_eval_per_call_and_det_plot(fitted, tone_sets, backbone, tmp_path: Path)
     import matplotlib.image
     import numpy as np
 
+    from calm_core.channels import Preprocessing
     from calm_core.data import load_examples
     from calm_core.detection import detection_report
     from calm_core.features import FeatureStore
@@ -193,7 +194,9 @@ def test_eval_per_call_and_det_plot(fitted, tone_sets, backbone, tmp_path: Path)
     assert (per["n"], per["n_positive"]) == (12, 3) and result["plot"] == str(png)
 
     clf = CalmClassifier.load(out)
-    feats = FeatureStore(backbone, cache).extract([e.path for e in clips], progress=False)
+    # the clips as calm eval prepares them: through the classifier's own preprocessing (conditioning)
+    store = FeatureStore(backbone, cache, 4, Preprocessing.of(clf.info))
+    feats = store.extract([e.path for e in clips], progress=False)
     s = clf.scores(feats).double().numpy()
     pos = clf.labels.index("beep")
     clip_scores = np.log((s[:, pos] + 1e-6) / (np.delete(s, pos, 1).max(1) + 1e-6))
