@@ -22,7 +22,7 @@ Conditioning = Literal["none", "sound"]
 CONDITIONINGS: tuple[str, ...] = get_args(Conditioning)
 DEFAULT_CONDITIONING: Conditioning = "sound"
 # Bumped whenever `sound` changes what it returns: cached features of conditioned clips carry it.
-VERSION = 1
+VERSION = 2
 
 FRAME = SAMPLE_RATE // 50  # 20 ms
 TRIM_DB = 40.0  # frames this far below the loudest frame count as the silence around the sound
@@ -58,7 +58,9 @@ def sound_bounds(clip: np.ndarray) -> tuple[int, int]:
         return 0, clip.size
     # Within TRIM_DB of the loudest frame, and clear of the clip's own noise floor (its quietest frames) where
     # it has one: a faint sound over a floor less than TRIM_DB below it still loses the floor around it.
-    floor = float(np.percentile(levels, 10))
+    # Digital silence (padding) is no noise floor: only frames with some signal estimate it.
+    heard = levels[levels >= SILENT_DBFS]
+    floor = float(np.percentile(heard, 10))
     threshold = max(levels.max() - TRIM_DB, min(floor + FLOOR_CLEARANCE_DB, levels.max() - 20.0))
     loud = np.flatnonzero(levels >= threshold)
     first, last = int(loud[0]) * FRAME, min(clip.size, (int(loud[-1]) + 1) * FRAME)

@@ -60,3 +60,13 @@ def test_a_short_sound_keeps_half_a_second() -> None:
 def test_unknown_conditioning_names_the_choices() -> None:
     with pytest.raises(ValueError, match="'loud' is not known; allowed: none, sound"):
         condition(tone(440.0, 0.5), "loud")
+
+
+def test_digital_silence_around_a_sound_does_not_move_its_edges() -> None:
+    # A decaying tone: where its tail is cut depends on the noise floor; zeros (padding) are not one.
+    t = np.arange(SR) / SR
+    rng = np.random.default_rng(4)
+    clip = (np.sin(2 * np.pi * 440 * t) * np.exp(-4 * t) * 0.5 + rng.standard_normal(SR) * 1e-4).astype(np.float32)
+    padded = np.concatenate([clip, np.zeros(3 * SR, np.float32)])
+    assert sound_bounds(padded) == sound_bounds(clip)
+    assert np.array_equal(condition(padded, "sound"), condition(clip, "sound"))

@@ -80,6 +80,6 @@ def test_unknown_recipe_and_copy_name_the_choices() -> None:
 def test_preprocessing_cache_keys_keep_the_old_ones_and_name_everything_else() -> None:
     assert Preprocessing().cache_key == "none" and Preprocessing("telephone").cache_key == "telephone"
     keys = [p.cache_key for p in Preprocessing("none", "sound").copies("channels")]
-    assert keys == ["none|cond=sound/1"] + [f"none|{c}|cond=sound/1" for c in recipe_channels("channels")]
+    assert keys == ["none|cond=sound/2"] + [f"none|{c}|cond=sound/2" for c in recipe_channels("channels")]
     with pytest.raises(ValueError, match="conditioning 'x' is not known"):
         Preprocessing(conditioning="x")
