@@ -30,6 +30,11 @@ def positive_index(labels: list[str], positive: str) -> int:
     return labels.index(positive)
 
 
+def group_firsts(groups: torch.Tensor) -> list[int]:
+    """The index of each group's first clip (the recording itself), groups in order of first appearance."""
+    return [int((groups == g).nonzero()[0]) for g in dict.fromkeys(groups.tolist())]
+
+
 def loo_log_odds(
     features: torch.Tensor,
     labels: torch.Tensor,
@@ -52,7 +57,7 @@ def loo_log_odds(
         short = [n for n, c in zip(names, counts.tolist()) if c < 2]
         raise ValueError(f"leave-one-out calibration needs 2 support clips in every class ({short} have fewer); "
                          "give validation clips with --val")  # fmt: skip
-    firsts = [int((groups == g).nonzero()[0]) for g in dict.fromkeys(groups.tolist())]
+    firsts = group_firsts(groups)
     scores = np.empty(len(firsts))
     # A class left with one clip fits with uniform weights, and says so once per fit: not news here.
     quiet = logging.getLogger("calm_core.classifier")
@@ -137,7 +142,7 @@ def calibrate(
         return eer_decision(scores, (val_labels == index).numpy(), positive, "validation", rule)
     scores = loo_log_odds(features, labels, clf.labels, clf.layout, clf.fingerprint, clf.config, positive, groups)
     if groups is not None:
-        labels = labels[[int((groups == g).nonzero()[0]) for g in dict.fromkeys(groups.tolist())]]
+        labels = labels[group_firsts(groups)]
     return eer_decision(scores, (labels == index).numpy(), positive, "leave-one-out support", rule)
 
 

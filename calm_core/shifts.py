@@ -14,20 +14,13 @@ import numpy as np
 from scipy.signal import butter, fftconvolve, sosfilt
 
 from .audio import SAMPLE_RATE
-from .telephone import band_limit, telephone_channel
+from .channels import apply_channel
+from .conditioning import sound_level
+from .telephone import band_limit
 
 
 def rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)) + 1e-20))
-
-
-def active_rms(x: np.ndarray, frame: int = 320) -> float:
-    """RMS of the loudest half of 20 ms frames: the level of the sound, not of the pauses around it."""
-    n = x.size // frame
-    if n < 2:
-        return rms(x)
-    energy = np.mean(np.square(x[: n * frame].reshape(n, frame), dtype=np.float64), axis=1)
-    return float(np.sqrt(np.mean(np.sort(energy)[n // 2 :]) + 1e-20))
 
 
 def gain(x: np.ndarray, db: float) -> np.ndarray:
@@ -75,7 +68,7 @@ def mix_noise(x: np.ndarray, noise: np.ndarray, snr_db: float, rng: np.random.Ge
         noise = np.tile(noise, x.size // noise.size + 1)
     start = int(rng.integers(0, noise.size - x.size + 1))
     part = noise[start : start + x.size].astype(np.float64)
-    part *= active_rms(x) / (rms(part) * 10 ** (snr_db / 20))
+    part *= sound_level(x) / (rms(part) * 10 ** (snr_db / 20))
     return (x + part).astype(np.float32)
 
 
@@ -97,9 +90,9 @@ def camera_mic(x: np.ndarray) -> np.ndarray:
 
 
 def g711(x: np.ndarray) -> np.ndarray:
-    """A G.711 mu-law telephone line (8 kHz, 300-3400 Hz), back at 16 kHz, as long as x."""
-    line = telephone_channel(x, SAMPLE_RATE, np.random.default_rng(0))
-    return np.pad(line[: x.size], (0, max(0, x.size - line.size))).astype(np.float32)
+    """A G.711 mu-law telephone line (8 kHz, 300-3400 Hz), back at 16 kHz, as long as x: the `telephone`
+    channel calm fit applies to support clips."""
+    return apply_channel(x, "telephone").astype(np.float32)
 
 
 # Samples an encoder prepends that its decoder here does not drop (AAC's priming frame; Opus's pre-skip
@@ -149,7 +142,6 @@ def in_window(x: np.ndarray, window_s: float, rng: np.random.Generator, floor_db
 
 
 __all__ = [
-    "active_rms",
     "band_limit",
     "camera_mic",
     "codec",

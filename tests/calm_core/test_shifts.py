@@ -5,7 +5,8 @@ import pytest
 
 from calm_core import shifts
 from calm_core.augment import augment, recipe_channels
-from calm_core.channels import Preprocessing
+from calm_core.channels import Preprocessing, apply_channel
+from calm_core.conditioning import sound_level
 from calm_core.testing import tone, voiced
 
 SR = 16_000
@@ -17,7 +18,7 @@ def test_noise_is_mixed_at_the_requested_snr() -> None:
     for snr in (0.0, 10.0, 20.0):
         mixed = shifts.mix_noise(clip, noise, snr, np.random.default_rng(1))
         added = mixed - clip
-        assert 20 * np.log10(shifts.active_rms(clip) / shifts.rms(added)) == pytest.approx(snr, abs=1e-3)
+        assert 20 * np.log10(sound_level(clip) / shifts.rms(added)) == pytest.approx(snr, abs=1e-3)
 
 
 def test_room_impulse_response_has_the_requested_direct_to_reverberant_ratio() -> None:
@@ -42,6 +43,11 @@ def test_codecs_keep_length_alignment_and_most_of_the_signal(name: str, bitrate:
     out = shifts.codec(clip, name, bitrate)
     assert out.size == clip.size
     assert np.corrcoef(clip, out)[0, 1] > 0.9  # aligned: AAC's priming frame and Opus' pre-skip are dropped
+
+
+def test_the_g711_shift_is_the_telephone_channel() -> None:
+    clip = voiced(160.0, 1.0)
+    assert np.array_equal(shifts.g711(clip), apply_channel(clip, "telephone"))
 
 
 def test_camera_microphone_removes_low_and_high_frequencies() -> None:
