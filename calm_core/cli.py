@@ -196,8 +196,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import evaluate, format_report
 
     clf = CalmClassifier.load(args.classifier)
-    if args.plot and not (args.positive or isinstance(clf.info.get("decision"), dict)):
-        raise CalmError("--plot draws detection curves: give --positive CLASS (the classifier names none)")
     depth = clf.exit_layer_for(("calm", "sav"))
     backbone = _backbone_for(args, clf, depth)
     data = load_examples(args.data)
@@ -216,9 +214,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
         result["detection"] = detection(clf, feats, y, str(positive), calls)
         if args.plot:
             result["detection"]["plot"] = str(_plot_det(args, clf, feats, y, str(positive), calls))
+    if args.plot:
+        result["confusion_plot"] = str(_plot_confusion(args, result, positive is not None))
     text = format_report(result) + (format_detection(result["detection"]) if "detection" in result else "")
+    if args.plot:
+        drawn = [result["confusion_plot"], *([result["detection"]["plot"]] if "detection" in result else [])]
+        text += "\n\nplots: " + ", ".join(drawn)
     print(json.dumps(result) if args.json else text)
     return 0
+
+
+def _plot_confusion(args: argparse.Namespace, result: dict[str, Any], beside_det: bool) -> Path:
+    """The confusion matrices of CALM and SAV: at --plot, or beside the DET curves (NAME-confusion.EXT)."""
+    from .plots import plot_confusion
+
+    out = Path(args.plot)
+    if beside_det:
+        out = out.with_name(f"{out.stem}-confusion{out.suffix}")
+    title = f"{Path(args.classifier).name} on {Path(args.data).name} ({result['n']} clips)"
+    return plot_confusion({m: result[m]["confusion"] for m in ("calm", "sav")}, result["labels"], out, title)
 
 
 def _plot_det(
@@ -477,7 +491,13 @@ def build_parser() -> argparse.ArgumentParser:
         "and, when a manifest gives each clip a call (column call or group), per call (mean log-odds of its clips); "
         "default: the class the classifier was fitted to detect (calm fit --positive)",
     )  # fmt: skip
-    ev.add_argument("--plot", type=Path, metavar="IMAGE", help="draw DET curves of the detection (.png, .svg, .pdf)")
+    ev.add_argument(
+        "--plot",
+        type=Path,
+        metavar="IMAGE",
+        help="draw the confusion matrices (.png, .svg, .pdf); for a detector, the DET curves there "
+        "and the confusion matrices beside them as NAME-confusion.EXT",
+    )
     ev.add_argument("--channel", choices=CHANNELS, help="channel applied to the clips (default: the classifier's own)")
     _model_args(ev, required=False)
     ev.set_defaults(func=cmd_eval)

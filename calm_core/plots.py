@@ -1,4 +1,4 @@
-"""Figures: each class's head weights over (layer, head); DET curves of a detector."""
+"""Figures: each class's head weights over (layer, head); DET curves of a detector; confusion matrices."""
 
 from __future__ import annotations
 
@@ -105,6 +105,47 @@ def plot_det(curves: list[DetCurve], out: str | Path, title: str, hi: float = 0.
     ax.set_title(title, fontsize=9)
     ax.grid(True, color="0.9")
     ax.legend(fontsize=8, loc="upper right")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def plot_confusion(matrices: dict[str, list[list[int]]], labels: list[str], out: str | Path, title: str) -> Path:
+    """One confusion matrix per method side by side: rows the true class, columns the predicted one, each
+    cell shaded by its share of the row (the class's recall on the diagonal) and labelled with its count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(labels)
+    side = max(3.2, 0.45 * n + 1.6)
+    fig, axes = plt.subplots(
+        1, len(matrices), figsize=(side * len(matrices), side), squeeze=False, constrained_layout=True
+    )
+    image = None
+    for ax, (method, matrix) in zip(axes.flat, matrices.items()):
+        counts = np.array(matrix, dtype=float)  # (C, C)
+        share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+        image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+        if n <= 20:  # past that the numbers would not be readable
+            for i in range(n):
+                for j in range(n):
+                    if counts[i, j]:
+                        dark = share[i, j] > 0.6
+                        ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=7,
+                                color="white" if dark else "black")  # fmt: skip
+        accuracy = np.trace(counts) / max(counts.sum(), 1)
+        ax.set_title(f"{method.upper()}: accuracy {accuracy:.3f}", fontsize=9)
+        ax.set_xticks(range(n), labels, rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(n), labels, fontsize=7)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.8, label="share of the true class")
+    fig.suptitle(title, fontsize=9)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)

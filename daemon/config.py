@@ -35,6 +35,10 @@ class InferenceSection(_Section):
     max_consecutive_failures: Annotated[int, Field(ge=1)] = 5  # then exit non-zero so systemd restarts
     drain_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0  # SIGTERM: finish queued work within this
     forward_grace_s: Annotated[float, Field(gt=0, le=300)] = 5.0  # then wait this long for the batch in the model
+    # Configured streams start spread evenly over this many seconds. Fixed windows (vad mode "none") of
+    # streams started together all end together: a burst the worker must absorb at once. Spread over the
+    # hop, the same load arrives evenly (docs/performance.md, section 5).
+    start_spread_s: Annotated[float, Field(ge=0, le=3600)] = 0.0
 
 
 class PublishSection(_Section):
@@ -81,11 +85,30 @@ class PageSection(_Section):
     host: str = "127.0.0.1"  # loopback: binding wider is an explicit choice
     port: Annotated[int, Field(ge=0, le=65535)] = 9110
     max_clients: Annotated[int, Field(ge=1, le=1000)] = 16  # browsers on /events at once; more get 503
+    # Writes (the review's verdicts, Apply, Undo) need a login with this password; unset: the page is read-only.
+    password_hash: str | None = None  # `calmd --hash-password` prints it (salted scrypt)
+    session_hours: Annotated[float, Field(gt=0, le=720)] = 12.0  # a login lasts this long (memory only)
+    secure_cookie: bool = False  # true when browsers reach the page over https (a TLS proxy in front)
+    login_max_failures: Annotated[int, Field(ge=1, le=1000)] = 5  # per client address within login_window_s;
+    login_window_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0  # past it: 429 with Retry-After
+    review_dir: Path | None = None  # classifier versions, taught clips, journal; None: beside model.classifier
 
     @field_validator("host")
     @classmethod
     def _host(cls, v: str) -> str:
         ipaddress.ip_address(v)
+        return v
+
+    @field_validator("password_hash")
+    @classmethod
+    def _password_hash(cls, v: str | None) -> str | None:
+        from .page.auth import HashFormatError, parse_hash  # lazy: calmd.page imports this module
+
+        if v is not None:
+            try:
+                parse_hash(v)
+            except HashFormatError as e:
+                raise ValueError(f"not a password hash: {e}") from None
         return v
 
 

@@ -156,8 +156,9 @@ class Service:
             self.sources.append(source)
         self.worker.start()
         self.heartbeat.start()
-        for source in self.sources:
-            source.start()
+        spread = self.cfg.inference.start_spread_s
+        for n, source in enumerate(self.sources):
+            source.start(spread * n / len(self.sources))
 
     def _sink(self, stream: str) -> Any:
         segmenter = self.streams.segmenters[stream]

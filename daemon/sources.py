@@ -43,8 +43,11 @@ class Source:
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"source-{cfg.id}", daemon=True)
         self.reconnects = 0
+        self.delay_s = 0.0
 
-    def start(self) -> None:
+    def start(self, delay_s: float = 0.0) -> None:
+        """Start capturing, after delay_s (unless stopped first)."""
+        self.delay_s = delay_s
         self.thread.start()
 
     def stop(self) -> None:
@@ -58,6 +61,9 @@ class Source:
         return False
 
     def _run(self) -> None:
+        if self.delay_s > 0 and self.stop_event.wait(self.delay_s):
+            self.on_state("stopped", None)
+            return
         try:
             self._reconnect_loop()
         except Exception as e:  # the thread's edge: an unforeseen error must not leave the stream silently dead

@@ -211,10 +211,20 @@ def test_eval_per_call_and_det_plot(fitted, tone_sets, backbone, tmp_path: Path)
     assert len(colours) > 20  # four curves, markers, grid and text, not a blank canvas
     text = calm(*args, "--plot", str(tmp_path / "det.svg")).stdout
     assert "per call (12 calls, 3 positive" in text and (tmp_path / "det.svg").is_file()
+    assert (tmp_path / "det-confusion.svg").is_file() and f"plots: {tmp_path / 'det-confusion.svg'}" in text
 
 
-def test_eval_plot_without_a_positive_class_is_refused(fitted, tone_sets, tmp_path: Path) -> None:
+def test_eval_plot_draws_the_confusion_matrices(fitted, tone_sets, tmp_path: Path) -> None:
+    import matplotlib.image
+    import numpy as np
+
     out, cache, _ = fitted
+    png = tmp_path / "confusion.png"
     proc = calm("eval", "--classifier", str(out), "--data", str(tone_sets["test"]), "--cache-dir", str(cache),
-                "--plot", str(tmp_path / "det.png"), check=False)  # fmt: skip
-    assert proc.returncode == 2 and "--plot draws detection curves" in proc.stderr
+                "--json", "--plot", str(png))  # fmt: skip
+    result = json.loads(proc.stdout)
+    assert result["confusion_plot"] == str(png) and "detection" not in result
+    image = matplotlib.image.imread(png)
+    assert image.shape[0] > 300 and image.shape[1] > 600  # two matrices side by side
+    colours = np.unique((image[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)
+    assert len(colours) > 20  # shaded cells, counts and labels, not a blank canvas

@@ -49,3 +49,34 @@ def test_an_unforeseen_error_marks_the_stream_failed() -> None:
     cfg = StreamSection(id="x", type="stdin", sample_rate=8000)
     states = run_source(Broken(cfg, lambda chunk: None, lambda *_: None), lambda s: any(x[0] == "failed" for x in s))
     assert states[-1] == ("failed", "KeyError: 'bug'")
+
+
+def test_a_delayed_source_delivers_nothing_before_its_delay(tmp_path) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    from calmd.sources import FileSource
+
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.zeros(16_000, dtype=np.float32), 16_000)
+    cfg = StreamSection(id="f", type="file", path=wav, realtime=False)
+    first: list[float] = []
+    source = FileSource(cfg, lambda chunk: first.append(time.monotonic()) if not first else None, lambda *_: None)
+    started = time.monotonic()
+    source.start(delay_s=0.5)
+    source.thread.join(10)
+    assert first and first[0] - started >= 0.5  # a lower bound only: a busy machine can only add to it
+
+
+def test_a_source_stopped_during_its_delay_never_connects() -> None:
+    class Counting(Source):
+        def chunks(self):
+            raise AssertionError("connected although stopped during the delay")
+            yield  # pragma: no cover
+
+    states: list[tuple[str, str | None]] = []
+    source = Counting(StreamSection(id="x", type="stdin", sample_rate=8000), lambda c: None, lambda *a: states.append(a))
+    source.start(delay_s=60)
+    source.stop()
+    source.thread.join(5)
+    assert not source.thread.is_alive() and states == [("stopped", None)]
