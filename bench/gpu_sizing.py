@@ -7,9 +7,16 @@ the weights' values, so a random-weight model with the real widths runs the same
 Writes DIR/sizing.json and DIR/sizing.md: per precision (fp16; nf4 where bitsandbytes imports) and exit
 layer (0, 8, 16, 24, 31): load time and device memory with only layers <= exit loaded, latency of one 2 s
 segment; segments/s at batch 1, 4, 16, 64 at the deepest exit; the prefix cache and the batched encoder
-against the plain path; and each latency against its floor: the FLOPs up to the exit at the device's peak
-bf16 rate, and the bytes of weights read per forward at its memory bandwidth. Timings are medians of
-interleaved repeats. --scale N divides every width by N and keeps 4 decoder layers (a CPU-sized model).
+against the plain path; each latency against its floor: the FLOPs up to the exit at the device's peak
+bf16 rate, and the bytes of weights read per forward at its memory bandwidth; and calmd itself (the Service,
+its worker, publisher and file sources) with N looped real-time streams started over one 2 s hop, N doubled
+until p95 (segment end to label at a ZeroMQ subscriber) reaches 1 s or a segment is dropped. Timings are
+medians of interleaved repeats. --scale N divides every width by N and keeps 4 decoder layers (a CPU-sized
+model).
+
+What the device machine needs: torch and transformers (its own are used; calm needs transformers >= 5.0),
+calm's pure-Python dependencies, and for nf4 bitsandbytes (a 43 MB wheel: carry it with the working tree,
+`pip install --no-deps` it there; without it the nf4 rows are skipped with the reason).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ CONFIG = Path(__file__).with_name("configs") / "qwen2-audio-7b-instruct.json"
 # Peak dense bf16 tensor rate (TFLOP/s) and memory bandwidth (GB/s), from the vendors' data sheets.
 DEVICES = {"H200": (989.0, 4800.0), "H100": (989.0, 3350.0), "A100": (312.0, 2039.0), "L4": (121.0, 300.0)}
 EXITS = (0, 8, 16, 24, 31)
+STREAMS_EXIT = 16  # calmd's streams run at this exit: a classifier whose heads stop half way
 BATCHES = (1, 4, 16, 64)
 SEGMENT_S = 2.0
 
@@ -133,6 +141,44 @@ def measure(model_dir: Path, device: str, precision: str, repeats: int, exits: l
     return {"precision": precision, "device": name, "rows": rows, "throughput": throughput, "faster": faster}
 
 
+def calmd_streams(
+    model_dir: Path, device: str, precision: str, exit_layer: int, counts: list[int], seconds: float, work: Path
+) -> dict[str, Any]:
+    """calmd with N real-time file streams on one loaded model; N grows through counts until p95 >= 1 s or a
+    segment is dropped. The classifier is fitted here on tones (its labels mean nothing on random weights;
+    its exit and head count are what set the cost)."""
+    import numpy as np
+    from run import _long_wav, _service, stream_latencies
+
+    from calm_core.backbones import LoadOptions, load_backbone
+    from calm_core.classifier import CalmClassifier, CalmConfig
+    from calm_core.testing import voiced
+
+    bb = load_backbone(str(model_dir), LoadOptions(device=device, dtype=precision, load_layers=exit_layer + 1))  # type: ignore[arg-type]
+    pitches = {"low": 110.0, "mid": 220.0, "high": 440.0}
+    clips = [voiced(f * (1 + 0.03 * k), SEGMENT_S, seed=k) for f in pitches.values() for k in range(4)]
+    labels = torch.arange(len(pitches)).repeat_interleave(4)
+    feats = bb.head_activations(clips, exit_layer=exit_layer)
+    clf = CalmClassifier.fit(feats, labels, list(pitches), bb.layout, bb.fingerprint, CalmConfig(max_layer=exit_layer))
+    clf.info["model_path"] = str(model_dir)
+    clf_path = clf.save(work / "sizing.calm.safetensors")
+    wav = _long_wav(work, 60)
+    rows = []
+    for n in counts:
+        streams = [{"id": f"s{i}", "type": "file", "path": str(wav), "loop": True} for i in range(n)]
+        service, _ = _service(str(model_dir), clf_path, streams, backbone=bb, batch_size=16, start_spread_s=2.0)
+        lat, dropped = stream_latencies(service, 2.0, seconds)
+        q = np.percentile(lat, [50, 95]) if lat else [float("nan")] * 2
+        rows.append(
+            {"streams": n, "labels": len(lat), "p50_ms": float(q[0]), "p95_ms": float(q[1]), "dropped": dropped}
+        )
+        print(f"calmd streams: {rows[-1]}", file=sys.stderr, flush=True)
+        if not (q[1] < 1000 and dropped == 0):
+            break
+    held = [r["streams"] for r in rows if r["p95_ms"] < 1000 and r["dropped"] == 0]
+    return {"exit_layer": clf.exit_layer, "rows": rows, "held": max(held) if held else 0}
+
+
 def report(result: dict[str, Any]) -> str:
     out = [f"# Qwen2-Audio-7B-Instruct sizing ({result['device']}, widths / {result['scale']})", ""]
     for r in result["runs"]:
@@ -147,6 +193,13 @@ def report(result: dict[str, Any]) -> str:
         rates = ", ".join(f"batch {t['batch']}: {t['segments_per_s']:.1f}" for t in r["throughput"])
         fast = ", ".join(f"{k} {v:.2f}" for k, v in r["faster"].items())
         out += ["", f"Segments/s: {rates}", "", f"Fast path / plain (median of interleaved repeats): {fast}", ""]
+        if "calmd" in r:
+            c = r["calmd"]
+            out += [f"calmd, classifier exiting at layer {c['exit_layer']}, streams started over 2 s, batch 16:", "",
+                    "| streams | labels | p50 ms | p95 ms | dropped |", "|---|---|---|---|---|"]  # fmt: skip
+            out += [f"| {x['streams']} | {x['labels']} | {x['p50_ms']:.0f} | {x['p95_ms']:.0f} | {x['dropped']} |"
+                    for x in c["rows"]]  # fmt: skip
+            out += ["", f"Most streams held at p95 < 1 s with no drops: {c['held']}", ""]
     out += [f"Skipped: {s}" for s in result["skipped"]]
     return "\n".join(out) + "\n"
 
@@ -156,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--scale", type=int, default=1, help="divide every width by this (CPU runs)")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--streams", type=int, nargs="+", help="calmd stream counts to try (default: 16, 32, ... 1024)")
+    p.add_argument("--stream-seconds", type=float, default=10.0, help="measured seconds per stream count")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -180,7 +235,13 @@ def main(argv: list[str] | None = None) -> int:
                 except ImportError as e:
                     result["skipped"].append(f"nf4: bitsandbytes does not import here ({e})")
                     continue
-            result["runs"].append(measure(model_dir, args.device, precision, args.repeats, exits))
+            run = measure(model_dir, args.device, precision, args.repeats, exits)
+            counts = args.streams or [16 * 2**k for k in range(7)]
+            exit_layer = min(STREAMS_EXIT, d["n_layers"] - 1)
+            run["calmd"] = calmd_streams(
+                model_dir, args.device, precision, exit_layer, counts, args.stream_seconds, Path(tmp)
+            )
+            result["runs"].append(run)
             result["device"] = result["runs"][-1]["device"]
             print(json.dumps(result["runs"][-1]), flush=True)
     result.setdefault("device", args.device)

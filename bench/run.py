@@ -291,14 +291,17 @@ def bench_faster(name: str, device: str = "cpu", repeats: int = 7) -> dict[str, 
 
 
 # ---- 4-6. pipeline, latency, batching --------------------------------------------------------
-def _service(model: str, classifier: Path, streams: list[dict[str, Any]], **inference: Any) -> Any:
+def _service(
+    model: str, classifier: Path, streams: list[dict[str, Any]], backbone: Any = None, **inference: Any
+) -> Any:
     from calmd.config import parse_config
     from calmd.service import Service
 
     port = _free_port()
+    device = "cpu" if backbone is None else str(backbone.device)
     cfg = parse_config(
         {
-            "model": {"path": model, "classifier": str(classifier)},
+            "model": {"path": model, "classifier": str(classifier), "device": device},
             "publish": {"endpoint": f"tcp://127.0.0.1:{port}", "heartbeat_s": 1.0},
             "metrics": {"enabled": False},
             "vad": {"mode": "none", "window_s": 2.0, "hop_s": 2.0},
@@ -306,7 +309,7 @@ def _service(model: str, classifier: Path, streams: list[dict[str, Any]], **infe
             "streams": streams,
         }
     )
-    return Service(cfg), f"tcp://127.0.0.1:{port}"
+    return Service(cfg, backbone=backbone), f"tcp://127.0.0.1:{port}"
 
 
 def _free_port() -> int:
@@ -364,6 +367,30 @@ def bench_pipeline(model: str, work: Path) -> dict[str, Any]:
     }
 
 
+def stream_latencies(service: Any, spread: float, seconds: float) -> tuple[list[float], int]:
+    """Run a built service's streams: ms from each segment's end to its label at a subscriber, for segments
+    ending from 2 s after the last stream started (warm-up before), for `seconds`; and the segments dropped."""
+    from calmd.client import Subscriber
+    from calmd.events import LabelEvent
+
+    lat = []
+    with Subscriber(service.cfg.publish.endpoint) as sub:
+        time.sleep(0.3)
+        start = time.time()
+        service.start()
+        try:
+            deadline = time.monotonic() + spread + 2.0 + seconds
+            while time.monotonic() < deadline:
+                event = sub.receive(timeout_s=0.2)
+                if isinstance(event, LabelEvent):
+                    end = service.streams.stats[event.stream].t0_wall + event.end_s
+                    if end > start + spread + 2.0:
+                        lat.append((time.time() - end) * 1e3)
+        finally:
+            service.stop(2)
+    return lat, sum(s.dropped for s in service.streams.stats.values())
+
+
 LATENCY_SETUPS = (  # (precision, start spread in s): the capacity curve of each
     ("fp32", 0.0),  # every stream's windows end together: the worst case, a burst each hop
     ("fp32", 2.0),  # streams started over one hop, as independent cameras or calls are
@@ -377,32 +404,14 @@ def bench_latency(
     """Segment end to label at the subscriber, for N looped real-time file streams (one thread each),
     2 s windows, batch 8. Labels of segments that ended in the first 2 s after the last stream
     started are warm-up and not counted."""
-    from calmd.client import Subscriber
-    from calmd.events import LabelEvent
-
     wav = _long_wav(work, 120)
     rows = []
     for dtype, spread in setups:
         clf = _classifier(model, work, dtype)
         for n in stream_counts:
             streams = [{"id": f"s{i}", "type": "file", "path": str(wav), "loop": True} for i in range(n)]
-            service, endpoint = _service(model, clf, streams, batch_size=8, start_spread_s=spread)
-            lat = []
-            with Subscriber(endpoint) as sub:
-                time.sleep(0.3)
-                start = time.time()
-                service.start()
-                try:
-                    deadline = time.monotonic() + spread + 2.0 + seconds
-                    while time.monotonic() < deadline:
-                        event = sub.receive(timeout_s=0.2)
-                        if isinstance(event, LabelEvent):
-                            end = service.streams.stats[event.stream].t0_wall + event.end_s  # type: ignore[operator]
-                            if end > start + spread + 2.0:
-                                lat.append((time.time() - end) * 1e3)
-                finally:
-                    service.stop(2)
-            dropped = sum(s.dropped for s in service.streams.stats.values())
+            service, _ = _service(model, clf, streams, batch_size=8, start_spread_s=spread)
+            lat, dropped = stream_latencies(service, spread, seconds)
             q = np.percentile(lat, [50, 95, 99]) if lat else [float("nan")] * 3
             rows.append(
                 {

@@ -48,14 +48,15 @@ class Model:
 
 
 class Service:
-    def __init__(self, cfg: DaemonConfig, metrics: Metrics | None = None):
+    def __init__(self, cfg: DaemonConfig, metrics: Metrics | None = None, backbone: Backbone | None = None):
+        """backbone: one already loaded (benchmarks, tests); None loads the one cfg.model names."""
         self.cfg = cfg
         self.metrics = metrics or Metrics()
         self.started = time.monotonic()
         self.streams = StreamRegistry(cfg.streams, cfg.vad, self.metrics)
         self.status_lock = threading.Lock()  # the status sequence number
         self.queue = SegmentQueue(cfg.inference.queue_size, self._dropped)
-        self.model = self._load_model(cfg.model.classifier.as_posix())
+        self.model = self._load_model(cfg.model.classifier.as_posix(), backbone)
         self.publisher = Publisher(cfg.publish)
         self.sources: list[Source] = []
         self.listeners: list[Any] = []  # telephony listeners: each opens streams through open_stream()

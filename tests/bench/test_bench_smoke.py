@@ -61,8 +61,8 @@ def test_spoof_bench_runs_on_a_small_draw(tmp_path: Path) -> None:
 
 
 def test_gpu_sizing_runs_at_reduced_width_on_cpu(tmp_path: Path) -> None:
-    run_bench(["bench/gpu_sizing.py", "--device", "cpu", "--scale", "32", "--repeats", "1", "--out", str(tmp_path)],
-              tmp_path, timeout=900)  # fmt: skip
+    run_bench(["bench/gpu_sizing.py", "--device", "cpu", "--scale", "32", "--repeats", "1", "--streams", "2",
+               "--stream-seconds", "2", "--out", str(tmp_path)], tmp_path, timeout=900)  # fmt: skip
     result = json.loads((tmp_path / "sizing.json").read_text())
     d = result["dims"]
     assert (d["hidden"], d["intermediate"], d["n_layers"]) == (128, 320, 4)  # 4096 / 32, 11008 / 32 to 64s
@@ -75,6 +75,9 @@ def test_gpu_sizing_runs_at_reduced_width_on_cpu(tmp_path: Path) -> None:
             "prefix cache",
             "batched encoder",
         }
+        calmd = run["calmd"]  # calmd itself on the sizing model: 2 streams of 2 s windows for 2 s
+        assert calmd["exit_layer"] <= 3 and [r["streams"] for r in calmd["rows"]] == [2]
+        assert calmd["rows"][0]["labels"] >= 1 and calmd["rows"][0]["dropped"] == 0
     # The FLOP floor's count, by hand: q and o (128 x 128), k and v (128 x 64: the tiny writer's one KV head of
     # 64 at this width), the MLP (3 x 128 x 320) per token, attention scores and mixing 2 x n x n x 128,
     # 2 FLOPs per multiply-add, one layer at exit 0.
