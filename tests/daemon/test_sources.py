@@ -75,7 +75,8 @@ def test_a_source_stopped_during_its_delay_never_connects() -> None:
             yield  # pragma: no cover
 
     states: list[tuple[str, str | None]] = []
-    source = Counting(StreamSection(id="x", type="stdin", sample_rate=8000), lambda c: None, lambda *a: states.append(a))
+    cfg = StreamSection(id="x", type="stdin", sample_rate=8000)
+    source = Counting(cfg, lambda c: None, lambda *a: states.append(a))
     source.start(delay_s=60)
     source.stop()
     source.thread.join(5)
