@@ -1,11 +1,14 @@
 """Detection clips: each stream's recent audio in a ring, and when an event ends, its audio (pre-roll +
-event + post-roll) written under [clips] dir with a JSON sidecar, within an age limit and a disk quota.
+event + post-roll) written under [clips] dir with a JSON sidecar and a spectrogram picture, within an age
+limit and a disk quota.
 
-Layout: <dir>/<stream id>/<event start, UTC>_<label>.<flac|wav|ogg> and the same name with .json. A clip is
-encoded in memory first, so its exact size is known before anything on disk changes: the oldest clips
+Layout: <dir>/<stream id>/<event start, UTC>_<label>.<flac|wav|ogg> and the same name with .json and .png.
+A clip is encoded in memory first, so its exact size is known before anything on disk changes: the oldest clips
 are deleted to make room, then it is written to a temporary file and renamed, so the quota is never
 exceeded and a reader never sees half a clip. Clips past max_age_days go when a clip is written and at
-every calm.status (each publish.heartbeat_s), so they go on time also when no event comes.
+every calm.status (each publish.heartbeat_s), so they go on time also when no event comes. The picture is
+drawn at the next calm.status too, on the heartbeat thread (the model worker only hands the samples over and
+never waits for it); it is written only if it fits under the quota, and goes with its clip.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,7 @@ from .detections import Edge
 from .events import Event, StatusEvent, utc_iso
 from .metrics import Metrics
 from .sinks import Sink, StreamInfo
+from .spectrogram import spectrogram_png
 
 log = logging.getLogger("calmd.clips")
 
@@ -41,6 +45,8 @@ FORMATS = {"flac": ("FLAC", "PCM_16"), "wav": ("WAV", "PCM_16"), "ogg": ("OGG", 
 # How far the end of an event may lag behind the newest audio (queue and model latency) and still find its
 # audio in the ring; a stream that runs further ahead (a file read faster than real time) loses the clip.
 LAG_S = 30.0
+SUFFIXES = (".json", ".png", ".flac", ".wav", ".ogg")  # what the recorder writes and counts
+DRAW_QUEUE = 16  # pictures waiting for the next status (each holds its clip's samples); past it, the oldest goes
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -74,7 +80,7 @@ class AudioRing:
 @dataclass(frozen=True)
 class _Stored:
     stem: Path  # the clip's path without its suffix
-    files: tuple[Path, ...]  # the clip and its sidecar (either may be missing)
+    files: tuple[Path, ...]  # the clip, its sidecar and its picture (any may be missing)
     size: int
     mtime: float
 
@@ -110,6 +116,8 @@ class ClipRecorder(Sink):
         self.stored = self._scan()
         self.stored_lock = threading.Lock()  # the worker saves clips, the heartbeat thread expires them
         self.metrics.clips_bytes.set(sum(s.size for s in self.stored.values()))
+        self.unpictured: deque[tuple[Path, np.ndarray]] = deque()  # saved clips whose picture is still to draw
+        self.unpictured_lock = threading.Lock()
 
     def _prepare_dir(self) -> None:
         """Create the folder and prove it is writable: ConfigError naming it otherwise (at start-up)."""
@@ -137,6 +145,7 @@ class ClipRecorder(Sink):
 
     def event(self, event: Event) -> None:
         if isinstance(event, StatusEvent):  # from the heartbeat thread, every publish.heartbeat_s
+            self.draw_pictures()
             with self.stored_lock:
                 self._expire(list(self.stored.values()))
 
@@ -183,10 +192,50 @@ class ClipRecorder(Sink):
                 "samples": int(samples.size),
             }
             with self.stored_lock:
-                return self._store(name, audio.getvalue(), sidecar)
+                saved = self._store(name, audio.getvalue(), sidecar)
         except (OSError, sf.SoundFileError) as e:
             self._refused("error", f"{stream}: writing the clip of the {edge.label} event failed: {e}")
             return None
+        if saved is not None:
+            with self.unpictured_lock:
+                if len(self.unpictured) >= DRAW_QUEUE:
+                    skipped, _ = self.unpictured.popleft()
+                    self._refused("spectrogram", f"{skipped}: no picture, {DRAW_QUEUE} newer clips wait for theirs")
+                self.unpictured.append((self.dir / saved, samples))
+        return saved
+
+    def draw_pictures(self) -> None:
+        """Draw the pictures of the clips saved since the last call (the heartbeat thread's work)."""
+        while True:
+            with self.unpictured_lock:
+                if not self.unpictured:
+                    return
+                clip, samples = self.unpictured.popleft()
+            self._draw(clip, samples)
+
+    def _draw(self, clip: Path, samples: np.ndarray) -> None:
+        """The clip's spectrogram beside it, if the clip is still there and the picture fits under the quota."""
+        try:
+            png = spectrogram_png(samples)
+        except (ValueError, MemoryError) as e:
+            self._refused("spectrogram", f"{clip}: drawing its spectrogram failed: {e}")
+            return
+        path = clip.with_suffix(".png")
+        with self.stored_lock:
+            entry = self.stored.get(clip.with_suffix(""))
+            if entry is None:  # deleted by retention meanwhile
+                return
+            used = sum(s.size for s in self.stored.values())
+            if used + len(png) > self.cfg.max_total_mb * 1e6:
+                self._refused("spectrogram", f"{path}: no room under clips.max_total_mb; the clip has no picture")
+                return
+            try:
+                _write_atomic(path, png)
+            except OSError as e:
+                self._refused("spectrogram", f"{path}: cannot write the picture: {e}")
+                return
+            self.stored[entry.stem] = replace(entry, files=(*entry.files, path), size=entry.size + len(png))
+            self.metrics.clips_bytes.set(used + len(png))
 
     def _store(self, name: str, audio: bytes, sidecar: dict[str, Any]) -> str | None:
         quota = int(self.cfg.max_total_mb * 1e6)
@@ -238,10 +287,10 @@ class ClipRecorder(Sink):
         return [s for s in stored if s.mtime >= cutoff or not self._delete(s, "age")]
 
     def _scan(self) -> dict[Path, _Stored]:
-        """Clips and sidecars under dir by stem (a sidecar without its clip counts too), aged by mtime."""
+        """Clips, sidecars and pictures under dir by stem (one without its clip counts too), aged by mtime."""
         found: dict[Path, list[tuple[Path, os.stat_result]]] = {}
         for path in self.dir.glob("*/*"):
-            if path.name.startswith(".") or path.suffix not in (".json", ".flac", ".wav", ".ogg"):
+            if path.name.startswith(".") or path.suffix not in SUFFIXES:
                 continue
             try:
                 found.setdefault(path.with_suffix(""), []).append((path, path.stat()))
@@ -249,7 +298,9 @@ class ClipRecorder(Sink):
                 continue
         stored = {}
         for stem, files in found.items():
-            size, mtime = sum(st.st_size for _, st in files), max(st.st_mtime for _, st in files)
+            # aged by the clip's own file (its picture is written later), else by the sidecar's or picture's
+            by_kind = sorted(files, key=lambda f: (f[0].suffix == ".png", f[0].suffix == ".json"))
+            size, mtime = sum(st.st_size for _, st in files), by_kind[0][1].st_mtime
             stored[stem] = _Stored(stem, tuple(p for p, _ in files), size, mtime)
         return stored
 

@@ -1,6 +1,7 @@
 """calmd: the streaming classifier service.
 
 calmd --config /etc/calm/calmd.toml [--device cuda] [--endpoint tcp://127.0.0.1:5556]
+calmd --hash-password      (prints a [page] password_hash line for the live page's login)
 """
 
 from __future__ import annotations
@@ -44,7 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", required=True, type=Path, help="TOML configuration (see config/calmd.toml)")
+    p.add_argument("--config", type=Path, help="TOML configuration (see config/calmd.toml); required to run")
+    p.add_argument(
+        "--hash-password",
+        action="store_true",
+        help="read a password (twice on a terminal) and print its page.password_hash",
+    )
     p.add_argument("--device", help="override model.device")
     p.add_argument("--classifier", help="override model.classifier")
     p.add_argument("--endpoint", help="override publish.endpoint")
@@ -68,7 +74,54 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in pairs.items() if v is not None}
 
 
+class ReloadGate:
+    """SIGHUP and the page's review ask for one and the same reload, which the main loop runs; the review waits
+    for a reload that started after its request (one already running may have read the file before it)."""
+
+    def __init__(self) -> None:
+        self.wanted = threading.Event()  # set from the signal handler: nothing there that could block
+        self.cond = threading.Condition()
+        self.started = self.finished = 0
+        self.ok = False
+        self.closed = False
+
+    def request(self) -> None:
+        self.wanted.set()
+
+    def take(self) -> bool:
+        """Main loop: whether a reload is wanted now (and it counts as started)."""
+        with self.cond:
+            if not self.wanted.is_set():
+                return False
+            self.wanted.clear()
+            self.started += 1
+            return True
+
+    def done(self, ok: bool) -> None:
+        with self.cond:
+            self.finished += 1
+            self.ok = ok
+            self.cond.notify_all()
+
+    def reload_and_wait(self, timeout_s: float) -> bool | None:
+        """Ask for a reload and wait for it: whether it was taken; None if it did not run within timeout_s
+        or calmd is stopping."""
+        with self.cond:
+            target = self.started + 1
+            self.wanted.set()
+            if not self.cond.wait_for(lambda: self.finished >= target or self.closed, timeout_s) or self.closed:
+                return None
+            return self.ok
+
+    def close(self) -> None:
+        """The main loop has ended: no reload will run, nobody waits for one."""
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+
 def run(args: argparse.Namespace) -> int:
+    from .review import Review
     from .service import Service
 
     cfg = load_config(args.config, overrides(args))
@@ -85,21 +138,29 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
 
     stop = threading.Event()
-    reload = threading.Event()
+    reloads = ReloadGate()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: reload.set())
+    signal.signal(signal.SIGHUP, lambda *_: reloads.request())
 
+    review = None
+    if cfg.page.enabled:  # the page's review reloads through the same gate as SIGHUP
+        serving = lambda: {"name": service.model.name, "labels": service.model.classifier.labels,  # noqa: E731
+                           "error": service.error}  # fmt: skip
+        clips = cfg.clips.dir if cfg.clips.enabled else None
+        model = (cfg.model.path, cfg.model.device)
+        review = Review(cfg.model.classifier, clips, cfg.page.review_dir, model, serving, reloads.reload_and_wait)
     service.start()
+    if service.page is not None and review is not None:
+        service.page.attach_review(review)
     service.publish_status()
     notifier.ready(f"{len(cfg.streams)} stream(s), publishing on {service.publisher.endpoint}")
     tick = min(1.0, (notifier.watchdog_s or 2.0) / 4)
     hung_after = max(5.0, (notifier.watchdog_s or 20.0) / 2)
     while not stop.wait(tick):
-        if reload.is_set():
-            reload.clear()
+        if reloads.take():
             notifier.send("RELOADING=1")
-            service.reload()
+            reloads.done(service.reload())
             notifier.send("READY=1")
         if service.fatal:
             break
@@ -111,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
             log.info("every stream has ended; exiting")
             break
     notifier.stopping()
+    reloads.close()
     stuck = service.stop()
     metrics.close()
     code = EXIT_OK
@@ -139,8 +201,33 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
+def hash_password_command() -> int:
+    """Print the [page] password_hash line for a password read from the terminal (twice) or one line of stdin."""
+    import getpass
+
+    from .page.auth import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("page password: ")
+        if getpass.getpass("again: ") != password:
+            print("calmd: the passwords differ", file=sys.stderr)
+            return EXIT_START
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 8:
+        print("calmd: use a password of at least 8 characters", file=sys.stderr)
+        return EXIT_START
+    print(f'password_hash = "{hash_password(password)}"')
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.hash_password:
+        return hash_password_command()
+    if args.config is None:
+        parser.error("the following arguments are required: --config")
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return run(args)

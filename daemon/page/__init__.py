@@ -1,15 +1,21 @@
 """The live page calmd serves: each stream's state, its last labels with scores, recent events with their
-clips, call verdicts; updated live over Server-Sent Events. Standard library only, on loopback by default."""
+clips, call verdicts; updated live over Server-Sent Events. With a login, the review of saved detections
+(verdicts, Apply, Undo: calmd.review). Standard library only, on loopback by default."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import PageSection
 from ..metrics import Metrics
+from .api import PageApi
 from .hub import PageHub
 from .server import PageServer
+
+if TYPE_CHECKING:
+    from ..review import Review
 
 log = logging.getLogger("calmd.page")
 
@@ -25,6 +31,8 @@ class LivePage:
             self.server = PageServer(cfg.host, cfg.port, self.hub, clips_dir)
         except OSError as e:
             raise OSError(f"page: cannot serve on {cfg.host}:{cfg.port} ({e}); set [page] port or host") from e
+        self.api = self.server.api = PageApi(cfg)
+        self.review: Review | None = None
         host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
         self.url = f"http://{host}:{self.server.server_port}/"
 
@@ -32,5 +40,11 @@ class LivePage:
         self.server.start()
         log.info("live page on %s", self.url)
 
+    def attach_review(self, review: Review) -> None:
+        """The review of saved detections, once calmd runs (it needs the service's classifier and reload)."""
+        self.review = self.api.review = review
+
     def close(self) -> None:
         self.server.close()
+        if self.review is not None:
+            self.review.close()

@@ -222,7 +222,10 @@ function connect() {
   on("state", load);
   on("status", (status) => (model.status = status));
   on("label", addLabel);
-  on("event", addEvent);
+  on("event", (event) => {
+    addEvent(event);
+    if (event.kind === "end" && event.clip) loadReview(); // a new saved detection to review
+  });
   on("call", addCall);
   source.onopen = () => setConnection("live", "live");
   source.onerror = () => {
@@ -236,4 +239,216 @@ function connect() {
   };
 }
 
+// ---- the review: verdicts on saved detections, Apply and Undo (writes need a login) -------------------
+const session = { writes: "disabled", loggedIn: false, csrf: null };
+const review = { state: null, cards: new Map() }; // clip path -> its card's elements
+const VERDICT_TEXT = { right: "right", wrong: "wrong (recorded)", relabel: "this is", new: "new class" };
+
+async function getJson(path) {
+  const response = await fetch(path, { cache: "no-store", credentials: "same-origin" });
+  if (!response.ok) throw new Error(`${response.status}: ${(await response.text()).trim()}`);
+  return response.json();
+}
+
+// Every write: JSON, the session cookie (same origin) and the session's CSRF token in a header.
+async function write(path, body) {
+  const response = await fetch(path, {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "Content-Type": "application/json", "X-CSRF-Token": session.csrf || "" },
+    body: JSON.stringify(body || {}),
+  });
+  const text = await response.text();
+  if (!response.ok) throw new Error(`${response.status}: ${text.trim()}`);
+  return JSON.parse(text);
+}
+
+function note(text, bad) {
+  const node = document.getElementById("review-note");
+  node.textContent = text;
+  node.className = bad ? "error" : "muted";
+}
+
+async function loadSession() {
+  try {
+    const info = await getJson("/api/session");
+    session.writes = info.writes;
+    session.loggedIn = Boolean(info.logged_in);
+    session.csrf = info.csrf || null;
+    session.why = info.why || "";
+  } catch (error) {
+    session.loggedIn = false;
+  }
+  renderSession();
+}
+
+function renderSession() {
+  const state = document.getElementById("auth-state");
+  const enabled = session.writes === "enabled";
+  document.getElementById("login-form").hidden = !enabled || session.loggedIn;
+  document.getElementById("logout").hidden = !session.loggedIn;
+  state.textContent = !enabled ? "read-only" : session.loggedIn ? "logged in" : "";
+  state.title = session.why || "";
+  renderReview();
+}
+
+document.getElementById("login-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const input = document.getElementById("password");
+  try {
+    const reply = await write("/api/login", { password: input.value });
+    session.loggedIn = true;
+    session.csrf = reply.csrf;
+    input.value = "";
+    note("logged in", false);
+  } catch (error) {
+    note(`login: ${error.message}`, true);
+  }
+  renderSession();
+});
+
+document.getElementById("logout").addEventListener("click", async () => {
+  try {
+    await write("/api/logout", {});
+  } catch (error) {
+    note(`logout: ${error.message}`, true);
+  }
+  await loadSession();
+});
+
+let reviewTimer = null;
+async function loadReview() {
+  clearTimeout(reviewTimer);
+  try {
+    review.state = await getJson("/api/review");
+  } catch (error) {
+    note(`review: ${error.message}`, true);
+  }
+  renderReview();
+  const running = review.state && review.state.job && review.state.job.state === "running";
+  const unpictured = review.state && (review.state.detections || []).some((d) => !d.picture);
+  reviewTimer = setTimeout(loadReview, running ? 1000 : unpictured ? 3000 : 15000);
+}
+
+async function send(clip, verdict, label) {
+  try {
+    await write("/api/review/verdict", { clip, verdict, label: label || null });
+    note("", false);
+  } catch (error) {
+    note(`${clip}: ${error.message}`, true);
+  }
+  await loadReview();
+}
+
+async function job(action) {
+  try {
+    await write(`/api/review/${action}`, {});
+  } catch (error) {
+    note(`${action}: ${error.message}`, true);
+  }
+  await loadReview();
+}
+document.getElementById("apply").addEventListener("click", () => job("apply"));
+document.getElementById("undo").addEventListener("click", () => job("undo"));
+
+function detectionCard(d, labels) {
+  let c = review.cards.get(d.clip);
+  if (!c) {
+    c = { root: el("article", "detection"), picture: el("div", "picture"), verdict: el("p", "verdict") };
+    c.root.dataset.clip = d.clip;
+    const head = el("header");
+    head.append(el("span", "label", d.label), el("span", "num", fixed(d.score, 3)));
+    head.append(el("span", "muted", d.stream), el("span", "muted", clock(d.start_utc)));
+    const audio = el("audio");
+    audio.controls = true;
+    audio.preload = "none";
+    audio.src = clipUrl(d.clip);
+    c.controls = el("div", "controls");
+    c.root.append(head, c.picture, audio, c.verdict, c.controls);
+    review.cards.set(d.clip, c);
+  }
+  if (d.picture && !c.picture.firstChild) {
+    const img = el("img");
+    img.alt = `spectrogram of ${d.clip}`;
+    img.src = clipUrl(d.picture);
+    c.picture.append(img);
+  }
+  const v = d.verdict;
+  c.verdict.textContent = v
+    ? `${VERDICT_TEXT[v.kind] || v.kind}${v.label && v.kind !== "right" ? ` ${v.label}` : ""} · ` +
+      (v.state === "applied" ? `applied in ${v.version}` : v.state)
+    : "";
+  c.verdict.className = `verdict ${v ? `verdict-${v.state}` : ""}`;
+  c.root.dataset.verdict = v ? `${v.kind}:${v.label || ""}:${v.state}` : "";
+  renderControls(c, d, labels);
+  return c.root;
+}
+
+function renderControls(c, d, labels) {
+  const key = `${session.loggedIn}|${labels.join(",")}|${d.verdict ? d.verdict.state : ""}`;
+  if (c.controlsKey === key) return; // kept while unchanged: a half-typed class name is not wiped
+  c.controlsKey = key;
+  const locked = !session.loggedIn || (d.verdict && d.verdict.state === "applied");
+  const button = (text, cls, onClick) => {
+    const b = el("button", cls, text);
+    b.type = "button";
+    b.disabled = locked;
+    b.addEventListener("click", onClick);
+    return b;
+  };
+  const select = el("select", "relabel-class");
+  select.disabled = locked;
+  for (const label of labels.filter((l) => l !== d.label)) select.append(el("option", "", label));
+  const input = el("input", "new-class");
+  input.placeholder = "new class";
+  input.disabled = locked;
+  c.controls.replaceChildren(
+    button("right", "right", () => send(d.clip, "right")),
+    button("wrong", "wrong", () => send(d.clip, "wrong")),
+    select,
+    button("this is", "relabel", () => send(d.clip, "relabel", select.value)),
+    input,
+    button("new class", "new", () => send(d.clip, "new", input.value.trim())),
+    button("clear", "clear", () => send(d.clip, "clear")),
+  );
+}
+
+function renderReview() {
+  const s = review.state;
+  if (!s) return;
+  const section = document.getElementById("review-section");
+  section.hidden = s.enabled === false;
+  const labels = (s.classifier && s.classifier.labels) || [];
+  document.getElementById("review-classifier").textContent = s.classifier
+    ? `serving ${s.current || s.classifier.name} (${labels.join(", ")})`
+    : s.why || "";
+  const pending = Object.entries(s.pending || {}).map(([c, n]) => `${n} to ${c}`);
+  const waiting = Object.entries(s.waiting || {}).map(([c, n]) => `${c} needs ${s.min_clips - n} more`);
+  document.getElementById("review-pending").textContent =
+    (pending.length ? `pending: ${pending.join(", ")}` : "nothing pending") +
+    (waiting.length ? ` · new classes need ${s.min_clips} clips: ${waiting.join(", ")}` : "");
+  const running = s.job && s.job.state === "running";
+  document.getElementById("apply").disabled = !session.loggedIn || running || pending.length === 0;
+  document.getElementById("undo").disabled = !session.loggedIn || running || !s.undo_to;
+  const jobNode = document.getElementById("review-job");
+  jobNode.textContent = s.job ? `${s.job.action}: ${s.job.state}${s.job.message ? ` · ${s.job.message}` : ""}` : "";
+  jobNode.className = `job ${s.job ? `job-${s.job.state}` : ""}`;
+  jobNode.dataset.classifier = (s.job && s.job.classifier) || "";
+  const detections = s.detections || [];
+  const shown = new Set(detections.map((d) => d.clip));
+  for (const [clip, c] of review.cards) {
+    if (!shown.has(clip)) {
+      c.root.remove();
+      review.cards.delete(clip);
+    }
+  }
+  const container = document.getElementById("detections");
+  detections.forEach((d, n) => {
+    const root = detectionCard(d, labels);
+    if (container.children[n] !== root) container.insertBefore(root, container.children[n] || null);
+  });
+}
+
 connect();
+loadSession();
+loadReview();

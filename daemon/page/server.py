@@ -4,8 +4,10 @@ GET /             the page (index.html, app.js, style.css beside this file)
 GET /api/state    JSON snapshot: last calm.status, last labels per stream, recent events, call verdicts
 GET /events       Server-Sent Events: `state` (the snapshot) first, then every message calmd publishes,
                   named by its kind (label, event, status, call), the data being the published JSON
-GET /clips/<path> a saved clip under the clips folder, with Range requests (so <audio> can seek)
+GET /clips/<path> a saved clip (or its sidecar or spectrogram picture) under the clips folder, with Range
+                  requests (so <audio> can seek)
 GET /healthz      JSON: clients, messages, dropped and refused clients
+GET, POST /api/.. the login session and the review of saved detections (api.py)
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from .hub import KEEPALIVE, PageHub
+
+if TYPE_CHECKING:
+    from .api import PageApi, Reply
 
 log = logging.getLogger("calmd.page")
 
@@ -48,7 +53,9 @@ CLIP_TYPES = {  # what the clips folder holds; anything else there is not served
     ".ogg": "audio/ogg",
     ".mp3": "audio/mpeg",
     ".json": "application/json",  # a clip's sidecar
+    ".png": "image/png",  # a clip's spectrogram
 }
+MAX_BODY = 64 * 1024  # a POST's JSON body
 # Nothing from elsewhere: no CDN, no inline script; text is set with textContent, and this backs it up.
 CSP = "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'"
 
@@ -113,6 +120,7 @@ class PageServer(ThreadingHTTPServer):
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.hub = hub
         self.clips_dir = clips_dir
+        self.api: PageApi | None = None  # the login and the review (LivePage sets it)
         files = resources.files("calmd.page")
         self.static = {path: ((files / name).read_bytes(), ctype) for path, (name, ctype) in STATIC.items()}
         self.connections: dict[socket.socket, threading.Thread] = {}
@@ -183,6 +191,29 @@ class PageHandler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self._route(head=True)
 
+    def do_POST(self) -> None:
+        path = urlsplit(self.path).path
+        try:
+            try:
+                if self.server.api is None:
+                    raise Refused(404, f"no API at {path!r}: this page is read-only")
+                length = self.headers.get("Content-Length")
+                if length is None or not length.isdigit():
+                    raise Refused(411, "a write needs a Content-Length")
+                if int(length) > MAX_BODY:
+                    self.close_connection = True  # the body is not read
+                    raise Refused(413, f"a write's body is at most {MAX_BODY} bytes")
+                body = self.rfile.read(int(length))
+                self._reply(self.server.api.post(path, self.headers, body, self.client_address[0]))
+            except Refused as e:
+                self._send(e.status, f"{e}\n".encode(), "text/plain; charset=utf-8", False, e.headers)
+        except OSError as e:
+            log.debug("page %s: POST %s: %s", self.address_string(), path, e)
+
+    def _reply(self, reply: Reply, head: bool = False) -> None:
+        body = json.dumps(reply.body, separators=(",", ":")).encode()
+        self._send(reply.status, body, "application/json", head, reply.headers, cache="no-store")
+
     def _route(self, head: bool) -> None:
         path = urlsplit(self.path).path
         try:
@@ -201,6 +232,12 @@ class PageHandler(BaseHTTPRequestHandler):
             self._json(self.server.hub.snapshot(), head)
         elif path == "/healthz":
             self._json(self.server.hub.health(), head)
+        elif (
+            path.startswith("/api/")
+            and self.server.api is not None
+            and (reply := self.server.api.get(path, self.headers))
+        ):
+            self._reply(reply, head)
         elif path == "/events":
             self._events()
         elif path.startswith("/clips/"):
@@ -209,20 +246,26 @@ class PageHandler(BaseHTTPRequestHandler):
             raise Refused(404, f"no page at {path!r} (try /)")
 
     def _send(
-        self, status: int, body: bytes, ctype: str, head: bool = False, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        body: bytes,
+        ctype: str,
+        head: bool = False,
+        headers: dict[str, str] | None = None,
+        cache: str = "no-cache",
     ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
-        self._common_headers()
+        self._common_headers(cache)
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
         if not head:
             self.wfile.write(body)
 
-    def _common_headers(self) -> None:
-        self.send_header("Cache-Control", "no-cache")
+    def _common_headers(self, cache: str = "no-cache") -> None:
+        self.send_header("Cache-Control", cache)
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Content-Security-Policy", CSP)
 

@@ -1,0 +1,101 @@
+"""`python -m calmd.teach`: the refit behind the live page's Apply, in a process of its own.
+
+It is `calm add` (calm_core.refit.add_clips, with the settings the classifier file records) once per class
+taught, the model loaded at most once for all of them, and one file written at the end. A process of its
+own: the model it loads for the new clips' features is freed when it exits, a failure cannot take calmd
+down, and calmd's model worker (whose backbone is not shared between threads) never waits for it.
+
+Prints one JSON object on stdout: the file written, its labels and each class's `calm add` summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from calm_core.backbones import LoadOptions, load_backbone
+from calm_core.backbones.base import Backbone
+from calm_core.classifier import CalmClassifier
+from calm_core.errors import CalmError
+from calm_core.features import default_cache_dir
+from calm_core.refit import FitRecord, add_clips, format_add
+
+log = logging.getLogger("calmd.teach")
+
+EXIT_REFUSED = 2  # the refit refused the clips or the classifier (the message is on stderr)
+
+
+def teach(classifier: Path, plan: dict[str, list[Path]], out: Path, model: str, device: str) -> dict[str, Any]:
+    """Add each class's clips in turn (an existing class or a new one) and write the result to out."""
+    clf = CalmClassifier.load(classifier)
+    record = FitRecord.from_info(clf.info, str(classifier))
+    cache_dir = Path(record.cache_dir) if record.cache_dir else default_cache_dir()
+    loaded: list[Backbone] = []
+
+    def open_backbone(load_layers: int) -> Backbone:
+        if not loaded:  # as `calm add` opens it: the classifier's precision and prompt, layers it reads
+            precision = clf.fingerprint.components.get("precision")
+            options = LoadOptions(device=device, dtype=precision, prompt=record.prompt, load_layers=load_layers)  # type: ignore[arg-type]
+            loaded.append(load_backbone(model, options))
+        return loaded[0]
+
+    steps = []
+    current = clf
+    for label, paths in plan.items():
+        t0 = time.perf_counter()
+        result = add_clips(current, paths, label, open_backbone=open_backbone, cache_dir=cache_dir,
+                           source=str(classifier), model_path=model)  # fmt: skip
+        steps.append(format_add(result, current, out, time.perf_counter() - t0))
+        current = result.classifier
+    current.save(out)
+    return {"classifier": str(out), "labels": current.labels, "exit_layer": current.exit_layer, "steps": steps}
+
+
+def install(version_file: Path, live: Path) -> None:
+    """Make the live classifier file a copy of version_file (written beside it with its mode, renamed over it):
+    a reload reads the old file or the new one, never half of one."""
+    tmp = live.with_name(f".{live.name}.review.tmp")
+    shutil.copyfile(version_file, tmp)
+    if live.exists():
+        shutil.copymode(live, tmp)
+    os.replace(tmp, live)
+
+
+def summary_counts(summary: dict[str, Any], label: str) -> str:
+    """'0 -> 2 support clips' for a class, from teach()'s steps."""
+    for step in summary.get("steps", []):
+        if label in step.get("support_after", {}):
+            after, before = step["support_after"][label], step.get("support_before", {}).get(label, 0)
+            if before != after or label in step.get("new_classes", []):
+                return f"{before} -> {after} support clips"
+    return "unchanged (already there)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m calmd.teach", description=__doc__.splitlines()[0])
+    p.add_argument("--classifier", required=True, type=Path, help="the classifier file calmd serves")
+    p.add_argument("--plan", required=True, type=Path, help='JSON: {"class": ["clip", ...], ...}')
+    p.add_argument("--out", required=True, type=Path, help="the new classifier file")
+    p.add_argument("--model", required=True, help="calmd's model.path")
+    p.add_argument("--device", default="cpu", help="calmd's model.device")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        plan = {str(k): [Path(c) for c in v] for k, v in json.loads(args.plan.read_text()).items()}
+        summary = teach(args.classifier, plan, args.out, args.model, args.device)
+    except (CalmError, ValueError, OSError) as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_REFUSED
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
