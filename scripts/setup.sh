@@ -16,6 +16,8 @@ cd "$(dirname "$0")/.."
 # haproxy: calls spread over two calmd through a real load balancer (tests/daemon/test_haproxy.py).
 # mosquitto, openssl: a real MQTT broker, with a password file and a test CA for TLS (tests/daemon/test_mqtt.py).
 # chromium + chromium-driver: the live page in a real headless browser (tests/daemon/test_page.py).
+# podman + runc + debootstrap: the container image, built on a Debian base bootstrapped here and run
+# (tests/container/test_podman.py); runc because crun refuses hosts with cgroup v1 beside a v2 hierarchy.
 DEBIAN_PACKAGES=(
     libsndfile1 ffmpeg libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins alsa-utils
     fluidsynth fluid-soundfont-gm espeak-ng
@@ -25,6 +27,7 @@ DEBIAN_PACKAGES=(
     gstreamer1.0-plugins-good gstreamer1.0-tools systemd
     python3-venv haproxy mosquitto openssl
     chromium chromium-driver
+    podman runc debootstrap
 )
 TORCH="torch==2.13.0"  # the CPU build on these machines; on a CUDA machine install the matching build first
 
