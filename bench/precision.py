@@ -30,6 +30,7 @@ import torch
 from common import class_pools, fmt, mean_sd, paired_interval, support_draws
 
 from calm_core.backbones import LoadOptions, load_backbone
+from calm_core.backbones.base import cpu_bf16_instructions
 from calm_core.channels import Preprocessing
 from calm_core.classifier import CalmClassifier
 from calm_core.data import label_index, load_examples
@@ -38,16 +39,6 @@ from calm_core.features import FeatureStore, default_cache_dir
 
 PER_CLASS = {"instruments": 40}
 PRECISIONS = ("fp32", "bf16")
-
-
-def cpu_bf16() -> str:
-    """The CPU's bfloat16 instructions, from /proc/cpuinfo ('none' when it has neither)."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return "unknown"
-    have = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
-    return ", ".join(have) or "none"
 
 
 def per_class_head(examples: list, n: int) -> list:  # type: ignore[type-arg]
@@ -139,7 +130,7 @@ def main() -> int:
     logging.getLogger("calm_core.classifier").setLevel(logging.ERROR)
     torch.manual_seed(args.seed)
     prep = Preprocessing(conditioning="sound")  # what `calm fit` does by default
-    results: dict = {"cpu_bf16": cpu_bf16(), "sets": {}, "speed": {}}
+    results: dict = {"cpu_bf16": ", ".join(cpu_bf16_instructions() or []) or "none", "sets": {}, "speed": {}}
     for model in args.models:
         backbones = {p: load_backbone(model, LoadOptions(dtype=p)) for p in PRECISIONS}
         stores = {p: FeatureStore(b, default_cache_dir(), batch_size=8, channel=prep) for p, b in backbones.items()}

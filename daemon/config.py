@@ -89,6 +89,9 @@ class PageSection(_Section):
     password_hash: str | None = None  # `calmd --hash-password` prints it (salted scrypt)
     session_hours: Annotated[float, Field(gt=0, le=720)] = 12.0  # a login lasts this long (memory only)
     secure_cookie: bool = False  # true when browsers reach the page over https (a TLS proxy in front)
+    # On loopback, writes whose Host is not a loopback name are refused (DNS rebinding); a TLS proxy in front
+    # that passes on its own name lists it here.
+    allowed_hosts: list[str] = []
     login_max_failures: Annotated[int, Field(ge=1, le=1000)] = 5  # per client address within login_window_s;
     login_window_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0  # past it: 429 with Retry-After
     review_dir: Path | None = None  # classifier versions, taught clips, journal; None: beside model.classifier

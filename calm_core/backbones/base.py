@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,6 +232,15 @@ def resolve_model_dir(model: str | Path) -> Path:
         ) from e
 
 
+def cpu_bf16_instructions() -> list[str] | None:
+    """The CPU's bfloat16 instructions from /proc/cpuinfo ([] when none); None where it cannot be read."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return None
+    return [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+
+
 def load_backbone(model: str | Path, options: LoadOptions = LoadOptions()) -> Backbone:
     """Open the adapter that fits the model folder's config.json `model_type`."""
     import json
@@ -244,6 +254,10 @@ def load_backbone(model: str | Path, options: LoadOptions = LoadOptions()) -> Ba
         raise ModelLoadError(f"device {options.device!r} requested but CUDA is not available; use --device cpu")
     if options.dtype is not None and options.dtype not in DTYPES:
         raise ModelLoadError(f"dtype {options.dtype!r} is not supported; allowed: {', '.join(DTYPES)}")
+    if options.dtype == "bf16" and options.device == "cpu" and cpu_bf16_instructions() == []:
+        logging.getLogger("calm_core.backbones").warning(
+            "bf16 on a CPU without AVX512-BF16 or AMX is emulated and slower than fp32 (docs/performance.md §5)"
+        )
     try:
         model_type = json.loads((model_dir / "config.json").read_text())["model_type"]
     except (json.JSONDecodeError, KeyError) as e:

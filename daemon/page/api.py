@@ -14,6 +14,7 @@ browser, the page's own origin (see auth.py).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ class Reply:
 class PageApi:
     def __init__(self, cfg: PageSection):
         self.password_hash = cfg.password_hash
+        self.loopback = ipaddress.ip_address(cfg.host).is_loopback
+        self.allowed_hosts = {h.lower() for h in cfg.allowed_hosts}
         self.ttl_s = cfg.session_hours * 3600
         self.secure = cfg.secure_cookie
         self.sessions = auth.Sessions(self.ttl_s)
@@ -75,7 +78,7 @@ class PageApi:
             raise Refused(404, f"no API at {path!r}")
         if self.password_hash is None:
             raise Refused(403, f"writes are disabled: {ENABLE}")
-        why = auth.cross_site(headers)
+        why = auth.cross_site(headers) or (auth.foreign_host(headers, self.allowed_hosts) if self.loopback else None)
         if why is not None:
             raise Refused(403, f"cross-site request refused: {why}")
         data = self._json(headers, body)

@@ -17,7 +17,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -165,6 +165,22 @@ def cross_site(headers: Headers) -> str | None:
         if origin == "null" or host is None or parts.netloc.lower() != host.lower():
             return f"Origin {origin!r} is not this page ({host!r})"
     return None
+
+
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+def foreign_host(headers: Headers, allowed: Collection[str] = ()) -> str | None:
+    """For a page bound to loopback: why the Host header names another machine, or None. A page elsewhere whose
+    name was re-pointed at 127.0.0.1 (DNS rebinding) is same-origin with itself and passes cross_site; it
+    cannot hold this page's cookie, but it could spend the login attempts of 127.0.0.1. Its Host gives it away."""
+    host = headers.get("Host")
+    if host is None:
+        return None  # HTTP/1.0 clients: no browser sends a request without it
+    name = (urlsplit(f"//{host}").hostname or "").lower()
+    if name in LOOPBACK_NAMES or name.startswith("127.") or name in allowed:
+        return None
+    return f"Host {host!r} is not a loopback name and not in [page] allowed_hosts (the page listens on loopback)"
 
 
 def csrf_matches(session: Session, given: str | None) -> bool:

@@ -119,6 +119,22 @@ def test_a_write_from_another_origin_is_cross_site(headers: dict[str, str], refu
     assert (auth.cross_site(headers) is not None) == refused
 
 
+@pytest.mark.parametrize(
+    ("host", "refused"),
+    [
+        ("127.0.0.1:9110", False),
+        ("localhost:9110", False),
+        ("[::1]:9110", False),
+        ("127.0.0.2", False),
+        ("calm.example.org", False),  # listed in allowed_hosts: a TLS proxy's own name
+        ("rebound.example.net:9110", True),  # a page elsewhere whose name now points at 127.0.0.1
+        ("10.0.0.5:9110", True),
+    ],
+)
+def test_a_write_naming_a_foreign_host_is_refused_on_loopback(host: str, refused: bool) -> None:
+    assert (auth.foreign_host({"Host": host}, {"calm.example.org"}) is not None) == refused
+
+
 def test_failed_logins_are_limited_per_address_until_the_oldest_leaves_the_window() -> None:
     clock = Clock()
     limiter = auth.LoginLimiter(max_failures=3, window_s=60, clock=clock)
