@@ -394,7 +394,7 @@ def stream_latencies(service: Any, spread: float, seconds: float) -> tuple[list[
 SECTION_5_NOTE = (
     "Started together, every stream's window ends in the same 100 ms, and the last of N segments waits for "
     "the N - 1 before it: p95 grows with N long before the model is saturated. Spread over one hop "
-    "(`start_spread_s = hop_s`), the same load arrives evenly. bfloat16 weights "
+    "(`start_spread_s = hop_s`, calmd's default in vad mode none), the same load arrives evenly. bfloat16 weights "
     "(`calm fit --dtype bf16`; calmd serves a classifier in the precision it was fitted in) take 0.60 of "
     "fp32's forward time here and change the label of 0.3-1.5 % of clips, with no accuracy difference "
     "measurable over 30 draws ([precision.md](precision.md)); they pay only on CPUs with AVX512-BF16 or AMX "

@@ -37,8 +37,9 @@ class InferenceSection(_Section):
     forward_grace_s: Annotated[float, Field(gt=0, le=300)] = 5.0  # then wait this long for the batch in the model
     # Configured streams start spread evenly over this many seconds. Fixed windows (vad mode "none") of
     # streams started together all end together: a burst the worker must absorb at once. Spread over the
-    # hop, the same load arrives evenly (docs/performance.md, section 5).
-    start_spread_s: Annotated[float, Field(ge=0, le=3600)] = 0.0
+    # hop, the same load arrives evenly (docs/performance.md, section 5). None: vad.hop_s in mode "none"
+    # with two or more configured streams, else 0.
+    start_spread_s: Annotated[float, Field(ge=0, le=3600)] | None = None
 
 
 class PublishSection(_Section):

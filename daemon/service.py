@@ -158,6 +158,8 @@ class Service:
         self.worker.start()
         self.heartbeat.start()
         spread = self.cfg.inference.start_spread_s
+        if spread is None:
+            spread = self.cfg.vad.hop_s if self.cfg.vad.mode == "none" and len(self.sources) > 1 else 0.0
         for n, source in enumerate(self.sources):
             source.start(spread * n / len(self.sources))
 

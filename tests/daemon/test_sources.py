@@ -81,3 +81,40 @@ def test_a_source_stopped_during_its_delay_never_connects() -> None:
     source.stop()
     source.thread.join(5)
     assert not source.thread.is_alive() and states == [("stopped", None)]
+
+
+@pytest.mark.parametrize(("spread", "expected_s"), [(None, 2.0), (0.0, 0.0)])
+def test_calmd_starts_fixed_window_streams_spread_over_one_hop(
+    tiny_model_dir, classifier_file, tmp_path, spread, expected_s
+) -> None:
+    """Unset, start_spread_s is the hop in vad mode "none": stream k of n starts k * hop / n later."""
+    import numpy as np
+    import soundfile as sf
+
+    from calmd.config import parse_config
+    from calmd.service import Service
+
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.zeros(8_000, dtype=np.float32), 16_000)
+    streams = [{"id": f"s{i}", "type": "file", "path": str(wav), "realtime": False} for i in range(2)]
+    inference = {} if spread is None else {"start_spread_s": spread}
+    cfg = parse_config({
+        "model": {"path": str(tiny_model_dir), "classifier": str(classifier_file)},
+        "publish": {"endpoint": "tcp://127.0.0.1:0"}, "metrics": {"enabled": False},
+        "vad": {"mode": "none", "window_s": 2.0, "hop_s": 2.0}, "inference": inference, "streams": streams,
+    })  # fmt: skip
+    service = Service(cfg)
+    started: dict[str, float] = {}
+    service.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not service.all_finished():
+            time.sleep(0.02)
+        for sid in ("s0", "s1"):
+            started[sid] = service.streams.stats[sid].t0_wall
+    finally:
+        service.stop(5)
+    gap = started["s1"] - started["s0"]
+    # Spread: a lower bound from the delay itself. Either way a loaded machine may add up to 1.5 s of jitter.
+    lower = expected_s / 2 - 0.05 if expected_s else -1.5
+    assert lower <= gap <= expected_s / 2 + 1.5
