@@ -28,6 +28,7 @@ import pytest
 import soundfile as sf
 
 from ..conftest import TONE_CLASSES
+from ..daemon.conftest import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "localhost/calm-debian:bookworm"
@@ -37,22 +38,6 @@ TIMEOUT_S = 300.0  # bounds a hang only: every wait returns as soon as its condi
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return None
 
 
 def podman(*args: str, timeout: float = 120.0, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -312,7 +297,8 @@ def test_calm_mqtt_from_the_image_bridges_calmd_to_mosquitto(
     received: list[str] = []
     client = mqtt.Client(CallbackAPIVersion.VERSION2)
     try:
-        assert wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, 30), "mosquitto did not listen"
+        listening = wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, 30, 0.2)
+        assert listening, "mosquitto did not listen"
         client.on_connect = lambda c, *_: c.subscribe("calm/#")
         client.on_message = lambda _c, _u, msg: received.append(msg.topic)
         client.connect("127.0.0.1", port)
@@ -325,7 +311,7 @@ def test_calm_mqtt_from_the_image_bridges_calmd_to_mosquitto(
             "--host", "127.0.0.1", "--port", str(port),
         )  # fmt: skip
         topic = "calm/demo/label"
-        assert wait_for(lambda: topic in received, TIMEOUT_S), (
+        assert wait_for(lambda: topic in received, TIMEOUT_S, 0.2), (
             f"nothing on {topic}; got {sorted(set(received))}; calm-mqtt: {logs(name)}"
         )
         assert podman("exec", name, "id", "-u").stdout.strip() != "0"

@@ -1,3 +1,4 @@
+import http.client
 import json
 import os
 import socket
@@ -133,6 +134,29 @@ def daemon_factory():
             d.proc.kill()
             d.proc.wait(timeout=10)
         d.log_file.close()
+
+
+def page_request(
+    port: int, method: str, path: str, body: object = None, headers: dict[str, str] | None = None,
+    raw: bytes | None = None,
+) -> tuple[int, dict[str, str], bytes]:  # fmt: skip
+    """One request to a live page on 127.0.0.1: (status, lower-cased headers, body). body goes as JSON."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        sent = {"Content-Type": "application/json", **(headers or {})} if data is not None else headers or {}
+        conn.request(method, path, body=data, headers=sent)
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def page_login(port: int, password: str) -> tuple[str, str]:
+    """(Cookie header, CSRF token) of a fresh session on a live page."""
+    status, headers, body = page_request(port, "POST", "/api/login", {"password": password})
+    assert status == 200, body
+    return headers["set-cookie"].split(";")[0], json.loads(body)["csrf"]
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.05):

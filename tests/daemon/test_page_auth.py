@@ -161,15 +161,7 @@ def test_the_limiter_forgets_the_least_recently_seen_address_past_its_bound(monk
 
 @pytest.mark.parametrize("section", ["Review on the live page", "Page login"])
 def test_the_review_and_login_lines_in_the_readme_are_a_valid_configuration(section: str) -> None:
-    import tomllib
+    from .test_readme_config import calmd_configs
 
-    from .test_readme_config import toml_blocks
-
-    blocks = toml_blocks(section)
-    assert blocks, f"README section {section!r} shows no configuration"
-    for block in blocks:
-        data = tomllib.loads(block)
-        data.setdefault("model", {"path": "/opt/calm/models/m", "classifier": "/var/lib/calm/home.calm.safetensors"})
-        data.setdefault("streams", [{"id": "front-door", "type": "mic"}])
-        cfg = parse_config(data, f"README {section}")
+    for cfg in calmd_configs(section):
         assert cfg.page.password_hash is not None and cfg.page.host == "127.0.0.1"

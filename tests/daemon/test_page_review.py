@@ -25,7 +25,7 @@ from calmd.page.auth import hash_password
 from calmd.review import MIN_CLIPS, Review
 from calmd.spectrogram import N_MELS
 
-from .conftest import wait_for
+from .conftest import page_login, page_request, wait_for
 from .test_page import browser  # noqa: F401  (a fixture: Debian's chromium)
 
 PASSWORD = "a long page password"
@@ -59,20 +59,11 @@ class Page:
 
     def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
                 ) -> tuple[int, dict[str, str], bytes]:  # fmt: skip
-        conn = http.client.HTTPConnection("127.0.0.1", self.live.server.server_port, timeout=30)
-        try:
-            data = None if body is None else json.dumps(body).encode()
-            sent = {"Content-Type": "application/json", **(headers or {})} if data is not None else headers or {}
-            conn.request(method, path, body=data, headers=sent)
-            response = conn.getresponse()
-            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-        finally:
-            conn.close()
+        return page_request(self.live.server.server_port, method, path, body, headers)
 
     def session(self) -> dict[str, str]:
-        status, headers, body = self.request("POST", "/api/login", {"password": PASSWORD})
-        assert status == 200, body
-        return {"Cookie": headers["set-cookie"].split(";")[0], "X-CSRF-Token": json.loads(body)["csrf"]}
+        cookie, csrf = page_login(self.live.server.server_port, PASSWORD)
+        return {"Cookie": cookie, "X-CSRF-Token": csrf}
 
 
 def make_page(tmp_path: Path, password: str | None) -> Page:

@@ -6,7 +6,6 @@ relabel, Apply and Undo next, the login rate limit last (it locks 127.0.0.1 out 
 
 from __future__ import annotations
 
-import http.client
 import json
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from calmd.client import Subscriber
 from calmd.events import LabelEvent
 from calmd.page.auth import hash_password
 
-from .conftest import ENV, Daemon, endpoint_of, free_port, wait_for, write_config
+from .conftest import ENV, Daemon, endpoint_of, free_port, page_login, page_request, wait_for, write_config
 from .test_page import PAGE_WAIT_S, browser, screenshot, shown  # noqa: F401  (browser: a fixture)
 from .test_signals import next_matching
 
@@ -53,15 +52,7 @@ class Calmd:
 
     def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
                 raw: bytes | None = None) -> tuple[int, dict[str, str], bytes]:  # fmt: skip
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-            sent = {"Content-Type": "application/json", **(headers or {})} if data is not None else headers or {}
-            conn.request(method, path, body=data, headers=sent)
-            response = conn.getresponse()
-            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-        finally:
-            conn.close()
+        return page_request(self.port, method, path, body, headers, raw)
 
     def review(self) -> dict[str, Any]:
         status, _, body = self.request("GET", "/api/review")
@@ -70,9 +61,7 @@ class Calmd:
 
     def login(self) -> tuple[str, str]:
         """(Cookie header, CSRF token) of a fresh session."""
-        status, headers, body = self.request("POST", "/api/login", {"password": PASSWORD})
-        assert status == 200, body
-        return headers["set-cookie"].split(";")[0], json.loads(body)["csrf"]
+        return page_login(self.port, PASSWORD)
 
 
 def slot(start_s: float) -> int:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from calmd.config import parse_config
+from calmd.config import DaemonConfig, parse_config
 from calmd.mqtt.config import parse_bridge_config
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -26,16 +26,23 @@ def toml_blocks(section: str) -> list[str]:
     return re.findall(r"^```toml\n(.*?)^```", body, re.M | re.S)
 
 
-@pytest.mark.parametrize("section", CALMD_SECTIONS)
-def test_calmd_lines_in_the_readme_are_a_valid_configuration(section: str) -> None:
+def calmd_configs(section: str) -> list[DaemonConfig]:
+    """Every calmd configuration a README section shows, validated as calmd does at start."""
     blocks = toml_blocks(section)
     assert blocks, f"README section {section!r} shows no configuration"
+    configs = []
     for block in blocks:
         data = tomllib.loads(block)
         # what every calmd.toml has besides the lines shown
         data.setdefault("model", {"path": "/opt/calm/models/m", "classifier": "/etc/calm/home.calm.safetensors"})
         data.setdefault("streams", [{"id": "front-door", "type": "mic"}])
-        parse_config(data, f"README {section}")
+        configs.append(parse_config(data, f"README {section}"))
+    return configs
+
+
+@pytest.mark.parametrize("section", CALMD_SECTIONS)
+def test_calmd_lines_in_the_readme_are_a_valid_configuration(section: str) -> None:
+    calmd_configs(section)
 
 
 def test_the_calm_mqtt_lines_in_the_readme_are_a_valid_configuration() -> None:
