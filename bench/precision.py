@@ -51,9 +51,8 @@ def per_class_head(examples: list, n: int) -> list:  # type: ignore[type-arg]
     return keep
 
 
-def speed(model: str, clips: list[np.ndarray], repeats: int) -> dict[str, float]:
+def speed(backbones: dict, clips: list[np.ndarray], repeats: int) -> dict[str, float]:  # type: ignore[type-arg]
     """bf16 time / fp32 time for one batch, interleaved pairs (order alternating), after a warm-up."""
-    backbones = {p: load_backbone(model, LoadOptions(dtype=p)) for p in PRECISIONS}
 
     def once(p: str) -> float:
         t = time.perf_counter()
@@ -156,10 +155,9 @@ def main() -> int:
                 print(f"{key} {shots} shots: bf16-fp32 {d[0]:+.4f} ± {d[1]:.4f}, "
                       f"same label {statistics.mean(r['agree']):.4f}", flush=True)  # fmt: skip
             results["sets"][key] = res
-        del backbones, stores
         rng = np.random.default_rng(args.seed)
         clips = [(0.1 * rng.standard_normal(32_000)).astype(np.float32) for _ in range(8)]
-        results["speed"][model.removeprefix("bundled:")] = speed(model, clips, args.repeats)
+        results["speed"][model.removeprefix("bundled:")] = speed(backbones, clips, args.repeats)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     text = report(results, args)
     args.out.write_text("# bfloat16 on CPU: labels and speed against fp32\n\n" + text + "\n")

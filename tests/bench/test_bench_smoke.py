@@ -112,3 +112,16 @@ def test_calls_bench_runs_on_a_small_build(tmp_path: Path) -> None:
     assert text.startswith("# kept\n") and "## Calls: spoof detection out of domain" in text
     rows = json.loads((tmp_path / "calls.json").read_text())["whisper-tiny.en"]["shots"]["2"]["rows"]
     assert len(rows["calm"]["call_eer"]) == 16 and len(rows["calm"]["fa_cal"]) == 16  # one per fold
+
+
+def test_precision_bench_runs_on_a_small_draw(tmp_path: Path) -> None:
+    out = tmp_path / "precision.md"
+    run_bench(["bench/precision.py", "--sets", "instruments", "--shots", "2", "--draws", "2", "--limit", "3",
+               "--repeats", "2", "--out", str(out)], tmp_path, timeout=900)  # fmt: skip
+    results = json.loads(out.with_suffix(".json").read_text())
+    (per_shot,) = results["sets"].values()
+    r = per_shot["2"]
+    assert len(r["acc"]["fp32"]) == len(r["acc"]["bf16"]) == len(r["agree"]) == 2
+    assert all(0.0 <= a <= 1.0 for a in r["agree"])
+    (speed,) = results["speed"].values()
+    assert speed["batch"] == 8 and speed["ratio"] > 0 and speed["fp32_s"] > 0
