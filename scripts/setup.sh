@@ -18,6 +18,7 @@ cd "$(dirname "$0")/.."
 # chromium + chromium-driver: the live page in a real headless browser (tests/daemon/test_page.py).
 # podman + runc + debootstrap: the container image, built on a Debian base bootstrapped here and run
 # (tests/container/test_podman.py); runc because crun refuses hosts with cgroup v1 beside a v2 hierarchy.
+# podman-compose + the CNI dnsname plugin: compose.yaml brought up, its services finding each other by name.
 DEBIAN_PACKAGES=(
     libsndfile1 ffmpeg libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins alsa-utils
     fluidsynth fluid-soundfont-gm espeak-ng
@@ -27,7 +28,7 @@ DEBIAN_PACKAGES=(
     gstreamer1.0-plugins-good gstreamer1.0-tools systemd
     python3-venv haproxy mosquitto openssl
     chromium chromium-driver
-    podman runc debootstrap
+    podman runc debootstrap podman-compose golang-github-containernetworking-plugin-dnsname
 )
 TORCH="torch==2.13.0"  # the CPU build on these machines; on a CUDA machine install the matching build first
 

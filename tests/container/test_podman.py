@@ -1,8 +1,9 @@
 """The container image (Containerfile) built and run with podman: calmd on a tiny model and classifier mounted
 as volumes, reading a wav file, publishing over ZeroMQ to a subscriber on the host's loopback; its health
-check, its user, a clean stop; calm-mqtt from the same image bridging it to a real mosquitto.
+check, its user, a clean stop; calm-mqtt from the same image bridging it to a real mosquitto; and the shipped
+compose.yaml brought up with podman-compose, its three services finding each other by name.
 
-Needs root, podman and debootstrap (scripts/setup.sh installs them): the Debian base image is bootstrapped
+Needs root, podman, debootstrap and podman-compose (scripts/setup.sh installs them): the Debian base image is bootstrapped
 locally (scripts/container-base.sh) when it is missing. Skipped, with podman's own error, only where podman
 cannot start a container at all; a build that fails is a failure."""
 
@@ -317,7 +318,7 @@ def test_calm_mqtt_from_the_image_bridges_calmd_to_mosquitto(
         assert podman("exec", name, "id", "-u").stdout.strip() != "0"
     finally:
         client.loop_stop()
-        podman("rm", "--force", name, check=False, timeout=180)
+        podman("rm", "--force", "--volumes", name, check=False, timeout=180)
         broker.terminate()
         broker.wait(30)
 
@@ -337,3 +338,157 @@ def test_container_configs_name_the_image_volumes():
     mounted = json.loads(volumes[1])
     for path in (config["model"]["classifier"], config["clips"]["dir"]):
         assert any(path.startswith(v + "/") or path == v for v in mounted), f"{path} is on no volume of {mounted}"
+
+
+# ---- compose.yaml: calmd, calm-mqtt and mosquitto together -------------------------------------------------
+MQTT_LABEL_WAIT = """
+import sys, time
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+topics = []
+client = mqtt.Client(CallbackAPIVersion.VERSION2)
+client.on_connect = lambda c, *_: c.subscribe(sys.argv[1])
+client.on_message = lambda _c, _u, message: topics.append(message.topic)
+client.connect("mosquitto", 1883)
+client.loop_start()
+deadline = time.monotonic() + float(sys.argv[2])
+while not topics and time.monotonic() < deadline:
+    time.sleep(0.2)
+client.loop_stop()
+print(" ".join(topics))
+sys.exit(0 if topics else 1)
+"""
+
+
+@dataclass
+class Project:
+    name: str
+    folder: Path  # the compose file and its config/container
+    endpoint: str
+    page: str
+
+    def container(self, service: str) -> str:
+        """A service's container by compose's labels (podman-compose 1.0 names it project_service_1, Docker
+        Compose project-service-1)."""
+        labels = [f"label=com.docker.compose.project={self.name}", f"label=com.docker.compose.service={service}"]
+        listed = podman("ps", "--all", "--filter", labels[0], "--filter", labels[1], "--format", "{{.Names}}")
+        names = listed.stdout.split()
+        assert len(names) == 1, f"{service}: expected one container in project {self.name}, found {names}"
+        return names[0]
+
+
+def compose(project: Project, podman_options: list[str], *args: str, timeout: float = 600.0) -> str:
+    options = " ".join(podman_options)
+    command = ["podman-compose", "--project-name", project.name, "--file", str(project.folder / "compose.yaml")]
+    if options:
+        command += [f"--podman-run-args={options}", f"--podman-build-args={options}"]
+    done = subprocess.run([*command, *args], cwd=project.folder, capture_output=True, text=True, timeout=timeout)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, f"{' '.join(command + list(args))} exited {done.returncode}:\n{output[-4000:]}"
+    return output
+
+
+def compose_file(ports: dict[int, int]) -> dict:
+    """The shipped compose.yaml as a user runs it from a copy of config/container, with three changes that
+    keep it off this machine's own ports and images: free host ports, the test's image tag, and build
+    contexts that point back into the repository."""
+    import yaml
+
+    spec = yaml.safe_load((REPO / "compose.yaml").read_text())
+    services = spec["services"]
+    for name in ("calmd", "calm-mqtt"):
+        services[name]["image"] = IMAGE
+        services[name].pop("build", None)  # built by the `image` fixture
+    services["mosquitto"]["build"]["context"] = str(REPO / "config" / "container" / "mosquitto")
+    published = []
+    for mapping in services["calmd"]["ports"]:
+        host, _, inside = mapping.rpartition(":")
+        address = host.rpartition(":")[0]
+        published.append(f"{address}:{ports[int(inside)]}:{inside}")
+    services["calmd"]["ports"] = published
+    return spec
+
+
+@pytest.fixture(scope="module")
+def project(image: str, podman_options: list[str], tmp_path_factory, tone_sets: dict[str, Path]) -> Iterator[Project]:
+    """README "Run in a container": fit a classifier into the project's classifiers volume with the image's
+    `calm fit` (bundled Whisper tiny.en, converted once into the model-cache volume), then `podman-compose
+    up -d` the shipped compose.yaml with config/container's files, a wav file instead of the camera."""
+    if shutil.which("podman-compose") is None:
+        pytest.skip("needs podman-compose (Debian: podman-compose)")
+    import yaml
+
+    folder = tmp_path_factory.mktemp("compose")
+    ports = {5556: free_port(), 9108: free_port(), 9110: free_port()}
+    (folder / "compose.yaml").write_text(yaml.safe_dump(compose_file(ports), sort_keys=False))
+    config = folder / "config" / "container"
+    shutil.copytree(REPO / "config" / "container", config, ignore=shutil.ignore_patterns("mosquitto"))
+    shipped = (config / "calmd.toml").read_text()
+    camera = shipped[re.search(r"^\[\[streams\]\]$", shipped, re.M).start() :]  # type: ignore[union-attr]
+    stream = '[[streams]]\nid = "yard"\ntype = "file"\npath = "/etc/calm/yard.wav"\nloop = true\nrealtime = true\n'
+    (config / "calmd.toml").write_text(shipped.replace(camera, stream))
+    from calmd.config import load_config
+
+    assert [s.id for s in load_config(config / "calmd.toml").streams] == ["yard"]
+    gap = np.zeros(8000, dtype=np.float32)  # 0.5 s of silence between tones: the energy VAD's segments
+    clips = [part for p in sorted(tone_sets["test"].rglob("*.wav")) for part in (sf.read(p, dtype="float32")[0], gap)]
+    sf.write(config / "yard.wav", np.concatenate(clips), 16000, subtype="PCM_16")
+    readable(folder)
+    support = readable(tone_sets["support"])
+    project = Project(f"calmtest{os.getpid()}", folder, f"tcp://127.0.0.1:{ports[5556]}",
+                      f"http://127.0.0.1:{ports[9110]}")  # fmt: skip
+    try:
+        podman(
+            "run", "--rm", *podman_options,
+            "--volume", f"{project.name}_classifiers:/var/lib/calm/classifiers",
+            "--volume", f"{project.name}_model-cache:/var/cache/calm",
+            "--volume", f"{support}:/support:ro", image,
+            "calm", "-q", "fit", "--model", "bundled:whisper-tiny.en", "--support", "/support",
+            "--out", "/var/lib/calm/classifiers/classifier.calm.safetensors",
+            timeout=600,
+        )  # fmt: skip
+        compose(project, podman_options, "up", "-d")
+        yield project
+    finally:
+        for service in ("calmd", "calm-mqtt", "mosquitto"):
+            print(f"{service} in compose:\n{compose_logs(project, service)}")
+        # By label, so that anonymous volumes go too (podman-compose 1.0's `down -v` keeps them).
+        ids = podman("ps", "--all", "--quiet", "--filter", f"label=com.docker.compose.project={project.name}",
+                     check=False).stdout.split()  # fmt: skip
+        if ids:
+            podman("rm", "--force", "--volumes", *ids, check=False, timeout=180)
+        volumes = [f"{project.name}_{v}" for v in ("classifiers", "clips", "model-cache", "mosquitto-data")]
+        podman("volume", "rm", "--force", *volumes, check=False)
+        podman("network", "rm", "--force", f"{project.name}_default", check=False)
+
+
+def compose_logs(project: Project, service: str) -> str:
+    try:
+        return logs(project.container(service))
+    except AssertionError as e:
+        return str(e)
+
+
+def test_compose_runs_calmd_calm_mqtt_and_mosquitto_together(project: Project, podman_options: list[str]):
+    calmd = project.container("calmd")
+    label = first_label(project.endpoint)
+    assert label is not None, f"no label on {project.endpoint} within {TIMEOUT_S:.0f} s: {logs(calmd)}"
+    assert label.stream == "yard"
+    assert label.label in {*TONE_CLASSES, "unknown"}
+    # calm-mqtt found calmd and mosquitto by their service names, on the compose network only.
+    waited = subprocess.run(
+        ["podman", "exec", project.container("calm-mqtt"), "python", "-c", MQTT_LABEL_WAIT, "calm/+/label",
+         str(TIMEOUT_S)],
+        capture_output=True, text=True, timeout=TIMEOUT_S + 60,
+    )  # fmt: skip
+    assert waited.returncode == 0, (
+        f"no calm/+/label on the compose network's mosquitto: {waited.stderr[-2000:]}\n"
+        f"calm-mqtt: {compose_logs(project, 'calm-mqtt')}"
+    )
+    assert set(waited.stdout.split()) == {"calm/yard/label"}
+    healthy = wait_for(lambda: podman("healthcheck", "run", calmd, check=False, timeout=60).returncode == 0,
+                       TIMEOUT_S, 1.0)  # fmt: skip
+    assert healthy, f"calmd's HEALTHCHECK never passed in compose: {logs(calmd)}"
+    # The stop a user runs (podman-compose 1.0 ignores stop_grace_period: README gives -t).
+    compose(project, podman_options, "stop", "-t", "30", "calmd")
+    assert state(calmd, ".State.ExitCode") == "0", logs(calmd)
