@@ -3,8 +3,8 @@ as volumes, reading a wav file, publishing over ZeroMQ to a subscriber on the ho
 check, its user, a clean stop; calm-mqtt from the same image bridging it to a real mosquitto; and the shipped
 compose.yaml brought up with podman-compose, its three services finding each other by name.
 
-Needs root, podman, debootstrap and podman-compose (scripts/setup.sh installs them): the Debian base image is bootstrapped
-locally (scripts/container-base.sh) when it is missing. Skipped, with podman's own error, only where podman
+Needs root, podman, debootstrap and podman-compose (scripts/setup.sh installs them): the Debian base image is
+bootstrapped locally (scripts/container-base.sh) when it is missing. Skipped, with podman's own error, only where podman
 cannot start a container at all; a build that fails is a failure."""
 
 from __future__ import annotations
