@@ -62,33 +62,40 @@ def test_spoof_bench_runs_on_a_small_draw(tmp_path: Path) -> None:
 
 def test_gpu_sizing_runs_at_reduced_width_on_cpu(tmp_path: Path) -> None:
     # Through the device script, as the GPU machine runs it: calm not installed, only importable from the tree.
+    families = ["qwen2-audio", "qwen2.5-omni", "audio-flamingo-3"]
+    args = f"--family {' '.join(families)} --scale 32 --repeats 1 --streams 2 --stream-seconds 2"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OUT": str(tmp_path), "DEVICE": "cpu", "PYTHON": sys.executable,
-           "SIZING_ARGS": "--scale 32 --repeats 1 --streams 2 --stream-seconds 2"}  # fmt: skip
+           "SIZING_ARGS": args}  # fmt: skip
     done = subprocess.run(["sh", "bench/device.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, f"bench/device.sh exited {done.returncode}:\n{done.stderr[-4000:]}"
     assert "terminate called" not in done.stderr and "installing from" not in done.stdout  # nothing missing here
     result = json.loads((tmp_path / "sizing.json").read_text())
-    d = result["dims"]
-    assert (d["hidden"], d["intermediate"], d["n_layers"]) == (128, 320, 4)  # 4096 / 32, 11008 / 32 to 64s
-    by_precision = {r["precision"]: r for r in result["runs"]}
-    assert set(by_precision) == {"fp32", "nf4"} and result["skipped"] == []
-    for run in by_precision.values():
-        assert [r["exit_layer"] for r in run["rows"]] == [0, 2, 3]
-        assert [t["batch"] for t in run["throughput"]] == [1, 4, 16, 64]
-        assert all(r["latency_ms"] > 0 for r in run["rows"]) and set(run["faster"]) == {
-            "prefix cache",
-            "batched encoder",
-        }
-        calmd = run["calmd"]  # calmd itself on the sizing model: 2 streams of 2 s windows for 2 s
-        assert calmd["exit_layer"] <= 3 and [r["streams"] for r in calmd["rows"]] == [2]
-        assert calmd["rows"][0]["labels"] >= 1 and calmd["rows"][0]["dropped"] == 0
-    # The FLOP floor's count, by hand: q and o (128 x 128), k and v (128 x 64: the tiny writer's one KV head of
+    assert list(result["families"]) == families
+    for family in families:
+        found = result["families"][family]
+        by_precision = {r["precision"]: r for r in found["runs"]}
+        assert set(by_precision) == {"fp32", "nf4"} and found["skipped"] == [], family
+        for run in by_precision.values():
+            assert [r["exit_layer"] for r in run["rows"]] == [0, 2, 3]
+            assert [t["batch"] for t in run["throughput"]] == [1, 4, 16, 64]
+            assert all(r["latency_ms"] > 0 for r in run["rows"]) and set(run["faster"]) == {
+                "prefix cache",
+                "batched encoder",
+            }
+            calmd = run["calmd"]  # calmd itself on the sizing model: 2 streams of 2 s windows for 2 s
+            assert calmd["exit_layer"] <= 3 and [r["streams"] for r in calmd["rows"]] == [2]
+            assert calmd["rows"][0]["labels"] >= 1 and calmd["rows"][0]["dropped"] == 0
+        assert f"## {family}" in (tmp_path / "sizing.md").read_text()
+    text = result["families"]["qwen2-audio"]["widths"]["text"]
+    assert (text["hidden_size"], text["intermediate_size"], text["num_hidden_layers"]) == (128, 320, 4)  # 4096, 11008
+    by_precision = {r["precision"]: r for r in result["families"]["qwen2-audio"]["runs"]}
+    # The FLOP floor's count, by hand: q and o (128 x 128), k and v (128 x 64: 32 KV heads / 32 leave one, of
     # 64 at this width), the MLP (3 x 128 x 320) per token, attention scores and mixing 2 x n x n x 128,
     # 2 FLOPs per multiply-add, one layer at exit 0.
     row = by_precision["fp32"]["rows"][0]
     n = row["tokens"]
     assert row["flops"] == 2 * ((2 * 128 * 128 + 2 * 128 * 64 + 3 * 128 * 320) * n + 2 * n * n * 128)
-    assert (tmp_path / "sizing.md").read_text().startswith("# Qwen2-Audio-7B-Instruct sizing (CPU, widths / 32)")
+    assert (tmp_path / "sizing.md").read_text().startswith("# Sizing at the public configs' widths (CPU, widths / 32)")
 
 
 def test_robustness_bench_runs_on_a_small_draw(tmp_path: Path) -> None:
@@ -125,3 +132,57 @@ def test_precision_bench_runs_on_a_small_draw(tmp_path: Path) -> None:
     assert all(0.0 <= a <= 1.0 for a in r["agree"])
     (speed,) = results["speed"].values()
     assert speed["batch"] == 8 and speed["ratio"] > 0 and speed["fp32_s"] > 0
+
+
+def sizing_module():  # type: ignore[no-untyped-def]
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import gpu_sizing
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    return gpu_sizing
+
+
+@pytest.mark.parametrize(
+    ("family", "published"),
+    [
+        # Qwen/Qwen2-Audio-7B-Instruct's model card: 8.4B parameters in all (audio encoder, projector,
+        # language model with its vocabulary projection).
+        ("qwen2-audio", {"total": 8.4e9}),
+        # Qwen2.5-Omni-7B's thinker and Audio Flamingo 3 decode with Qwen2.5-7B, whose model card gives
+        # 6.53B parameters outside the embeddings.
+        ("qwen2.5-omni", {"non_embedding": 6.53e9}),
+        ("audio-flamingo-3", {"non_embedding": 6.53e9}),
+    ],
+)
+def test_sizing_configs_have_the_published_parameter_counts(tmp_path: Path, family: str, published: dict) -> None:
+    """The widths in bench/configs/ build models of the published sizes (on the meta device: no memory)."""
+    import torch
+
+    g = sizing_module()
+    model_class, config = g.sized_config(family, tmp_path / family, g.widths(family, 1))
+    with torch.device("meta"):
+        model = model_class(config)
+    language_model = model.model.language_model if hasattr(model, "model") else model.language_model
+    embeddings = language_model.embed_tokens.weight.numel()
+    counted = {
+        "total": sum(p.numel() for p in model.parameters()),
+        "non_embedding": sum(p.numel() for p in language_model.parameters()) - embeddings,
+    }
+    for what, value in published.items():
+        assert abs(counted[what] / value - 1) < 0.005, f"{family}: {what} {counted[what] / 1e9:.3f}B"
+
+
+def test_sizing_configs_match_the_widths_transformers_documents() -> None:
+    """Qwen2.5-Omni-7B's thinker and Audio Flamingo 3's encoder: transformers' config defaults, which it
+    documents against those checkpoints, are where bench/configs/ took the widths from."""
+    from transformers import AudioFlamingo3EncoderConfig, Qwen2_5OmniThinkerConfig
+
+    g = sizing_module()
+    omni, af3 = g.widths("qwen2.5-omni", 1), g.widths("audio-flamingo-3", 1)
+    thinker = Qwen2_5OmniThinkerConfig()
+    assert {k: getattr(thinker.audio_config, k) for k in omni["audio"]} == omni["audio"]
+    assert {k: getattr(thinker.text_config, k) for k in omni["text"]} == omni["text"]
+    encoder = AudioFlamingo3EncoderConfig()
+    assert {k: getattr(encoder, k) for k in af3["audio"]} == af3["audio"]
+    assert af3["text"] == omni["text"]  # both decode with Qwen2.5-7B
