@@ -222,7 +222,7 @@ def calmd_streams(
     segment is dropped. The classifier is fitted here on tones (its labels mean nothing on random weights;
     its exit and head count are what set the cost)."""
     import numpy as np
-    from run import _long_wav, _service, stream_latencies
+    from run import _long_wav, _service, holds, stream_latencies
 
     from calm_core.backbones import LoadOptions, load_backbone
     from calm_core.classifier import CalmClassifier, CalmConfig
@@ -247,9 +247,9 @@ def calmd_streams(
             {"streams": n, "labels": len(lat), "p50_ms": float(q[0]), "p95_ms": float(q[1]), "dropped": dropped}
         )
         print(f"calmd streams: {rows[-1]}", file=sys.stderr, flush=True)
-        if not (q[1] < 1000 and dropped == 0):
+        if not holds(rows[-1]):
             break
-    held = [r["streams"] for r in rows if r["p95_ms"] < 1000 and r["dropped"] == 0]
+    held = [r["streams"] for r in rows if holds(r)]
     return {"exit_layer": clf.exit_layer, "rows": rows, "held": max(held) if held else 0}
 
 
@@ -283,9 +283,10 @@ def report(result: dict[str, Any]) -> str:
 def size_family(family: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     sizes = widths(family, args.scale)
     layers = sizes["text"]["num_hidden_layers"]
-    exits = sorted({e for e in EXITS if e < layers} | {layers - 1})
     if args.scale > 1:
         exits = sorted({0, layers // 2, layers - 1})
+    else:
+        exits = sorted({e for e in EXITS if e < layers} | {layers - 1})
     found: dict[str, Any] = {"widths": sizes, "runs": [], "skipped": []}
     t = time.perf_counter()
     model_dir = build_model(family, work / family, sizes, torch.bfloat16)

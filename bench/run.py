@@ -391,6 +391,11 @@ def stream_latencies(service: Any, spread: float, seconds: float) -> tuple[list[
     return lat, sum(s.dropped for s in service.streams.stats.values())
 
 
+def holds(row: dict[str, Any]) -> bool:
+    """Whether a latency row's streams were held: p95 under 1 s and no segment dropped."""
+    return bool(row["p95_ms"] < 1000 and row["dropped"] == 0)
+
+
 SECTION_5_NOTE = (
     "Started together, every stream's window ends in the same 100 ms, and the last of N segments waits for "
     "the N - 1 before it: p95 grows with N long before the model is saturated. Spread over one hop "
@@ -552,9 +557,7 @@ def report(results: dict[str, Any]) -> str:
             return r.get("dtype", "fp32"), r.get("spread_s", 0.0)
 
         for setup in dict.fromkeys(setup_of(r) for r in lat["rows"]):
-            held = [
-                r["streams"] for r in lat["rows"] if setup_of(r) == setup and r["p95_ms"] < 1000 and r["dropped"] == 0
-            ]
+            held = [r["streams"] for r in lat["rows"] if setup_of(r) == setup and holds(r)]
             lines.append(f"- {setup[0]}, spread {setup[1]:.0f} s: {max(held) if held else 'none of those tried'}")
         lines += ["", *SECTION_5_NOTE, ""]
     for b in results.get("batching", []):

@@ -374,22 +374,23 @@ class Review:
         name = f"{self.stem}-v{n}"
         return Version(name, f"versions/{name}.calm.safetensors", digest, parent, utc_iso(time.time()), note=note)
 
-    def _digest(self, clip: str) -> str:
-        """The content hash of a saved clip (or of its copy, when retention has deleted it since)."""
+    def _existing(self, clip: str) -> Path:
+        """A saved clip, or its copy under review_dir/clips when retention has deleted it since."""
         assert self.clips_dir is not None
         for path in (self.clips_dir / clip, self.dir / "clips" / clip):
             if path.is_file():
-                return file_sha256(path)
+                return path
         raise Refused(409, f"{clip}: deleted by clip retention before it was applied; clear its verdict")
+
+    def _digest(self, clip: str) -> str:
+        """The content hash of a saved clip (or of its copy)."""
+        return file_sha256(self._existing(clip))
 
     def _keep(self, clip: str) -> Path:
         """A copy of a saved clip (and its sidecar) under review_dir/clips, which clip retention never touches."""
-        assert self.clips_dir is not None
-        source = self.clips_dir / clip
         copy = self.dir / "clips" / clip
-        if not source.is_file() and not copy.is_file():
-            raise Refused(409, f"{clip}: deleted by clip retention before it was applied; clear its verdict")
         if not copy.is_file():
+            source = self._existing(clip)  # the saved clip itself, since the copy is not there
             copy.parent.mkdir(parents=True, exist_ok=True)
             for path in (source, source.with_suffix(".json")):
                 if path.is_file():

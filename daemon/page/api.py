@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("calmd.page")
 
-MAX_BODY = 64 * 1024
 ENABLE = "set [page] password_hash (`calmd --hash-password` prints one) and restart calmd"
 
 
