@@ -19,12 +19,10 @@ export PYTHONPATH="$EXTRA:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" -c "import sys, torch, transformers; print('python', sys.version.split()[0], 'torch', torch.__version__,
 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())"
 missing=""
-for pair in bitsandbytes:bitsandbytes zmq:pyzmq pydantic:pydantic pydantic_core:pydantic-core \
-    annotated_types:annotated-types typing_inspection:typing-inspection prometheus_client:prometheus-client \
-    soundfile:soundfile soxr:soxr cffi:cffi pycparser:pycparser tqdm:tqdm; do
-    module=${pair%%:*}
-    "$PY" -c "import $module" 2>/dev/null || missing="$missing ${pair#*:}"
-done
+while read -r module package; do
+    case "$module" in "#"* | "") continue ;; esac
+    "$PY" -c "import $module" 2>/dev/null || missing="$missing $package"
+done <bench/device-packages.txt
 if [ -n "$missing" ]; then
     echo "device.sh: installing from .device-wheels:$missing"
     [ -d .device-wheels ] || { echo "device.sh: .device-wheels/ is missing (sh scripts/device-wheels.sh)" >&2; exit 2; }

@@ -9,7 +9,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 OUT=.device-wheels
-PACKAGES="bitsandbytes pyzmq pydantic pydantic-core annotated-types typing-inspection prometheus-client soundfile soxr cffi pycparser tqdm"
+PACKAGES=$(sed -e '/^#/d' -e '/^$/d' bench/device-packages.txt | cut -d' ' -f2)  # what bench/device.sh may install
 VERSIONS=${*:-3.10 3.11 3.12 3.13}
 PIP=${PIP:-.venv/bin/pip}
 mkdir -p "$OUT"
