@@ -55,7 +55,7 @@ def family_checks(device: str, work: Path, precisions: Sequence[str] = ("fp32", 
 
 
 def _check(bb: Any, clips: list[Any], sync: Any) -> dict[str, Any]:
-    from run import paired_ratio
+    from timing import paired_ratio
 
     n = bb.loaded_layers
     full = bb.head_activations(clips)

@@ -222,7 +222,7 @@ def calmd_streams(
     segment is dropped. The classifier is fitted here on tones (its labels mean nothing on random weights;
     its exit and head count are what set the cost)."""
     import numpy as np
-    from run import _long_wav, _service, holds, stream_latencies
+    from timing import _long_wav, _service, holds, stream_latencies
 
     from calm_core.backbones import LoadOptions, load_backbone
     from calm_core.classifier import CalmClassifier, CalmConfig
