@@ -8,6 +8,7 @@ log-odds are far more confident than those of a new call and the threshold would
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from .backbones.base import HeadLayout
-from .classifier import CalmClassifier, CalmConfig
+from .classifier import CalmClassifier, CalmConfig, group_members
 from .detection import eer, log_odds
 from .fingerprint import Fingerprint
 from .fitting import recordings_per_class
@@ -24,10 +25,19 @@ RULE = "eer"
 SCORE = "mean over segments of ln((p_pos + 1e-6) / (p_best_other + 1e-6)), CALM class scores"
 
 
-def positive_index(labels: list[str], positive: str) -> int:
-    if positive not in labels:
-        raise ValueError(f"--positive {positive!r} is not a class ({', '.join(labels)})")
-    return labels.index(positive)
+Group = Sequence[str]  # the positive group: class names, e.g. ("spoof",) or ("spoof", "neural")
+
+
+def positive_members(labels: list[str], positive: str | Group) -> list[int]:
+    """Indices of the classes (and their sub-classes) in the positive group; ValueError for a name that is not
+    a class, or a group that leaves no negative class."""
+    return group_members(labels, positive)
+
+
+def stored_group(decision: dict[str, Any]) -> list[str]:
+    """The positive group a detector's decision is about (files from before groups stored one name)."""
+    positive = decision["positive"]
+    return [positive] if isinstance(positive, str) else [str(p) for p in positive]
 
 
 def group_firsts(groups: torch.Tensor) -> list[int]:
@@ -42,14 +52,14 @@ def loo_log_odds(
     layout: HeadLayout,
     fingerprint: Fingerprint,
     config: CalmConfig,
-    positive: str,
+    positive: str | Group,
     groups: torch.Tensor | None = None,
 ) -> np.ndarray:
-    """Each support clip's log-odds of `positive`, from a classifier fitted (same config) on the other clips:
+    """Each support clip's log-odds of the positive group, from a classifier fitted (same config) on the other clips:
     (N, L, H, D) -> (N,). N fits; every class needs 2 clips so that one is left when one is held out.
     With groups (augmented copies of one recording), each group is left out whole and its first clip (the
     recording itself) is scored: one score per group, in order of first appearance."""
-    index = positive_index(names, positive)
+    index = positive_members(names, positive)
     if groups is None:
         groups = torch.arange(features.shape[0])
     counts = recordings_per_class(labels, len(names), groups)
@@ -100,9 +110,9 @@ def far_threshold(negative_scores: np.ndarray, far: float) -> float:
 
 
 def eer_decision(
-    scores: np.ndarray, is_positive: np.ndarray, positive: str, scores_from: str, rule: str = RULE
+    scores: np.ndarray, is_positive: np.ndarray, positive: str | Group, scores_from: str, rule: str = RULE
 ) -> dict[str, Any]:
-    """The classifier file's info["decision"]: flag `positive` when the call score >= threshold, the threshold
+    """The classifier file's info["decision"]: flag the positive group when the call score >= threshold, the threshold
     at the EER point of these held-out scores, or (rule far=X) at a false-alarm rate of at most X."""
     is_positive = np.asarray(is_positive, dtype=bool)
     value, threshold = eer(scores, is_positive)
@@ -113,7 +123,7 @@ def eer_decision(
     if not np.isfinite(threshold):
         raise ValueError(f"the {scores_from} scores give no finite EER threshold (all {scores.size} alike?)")
     return {
-        "positive": positive,
+        "positive": [positive] if isinstance(positive, str) else list(positive),
         "threshold": threshold,
         "rule": rule,
         "scores_from": scores_from,
@@ -128,7 +138,7 @@ def calibrate(
     clf: CalmClassifier,
     features: torch.Tensor,
     labels: torch.Tensor,
-    positive: str,
+    positive: str | Group,
     val_features: torch.Tensor | None = None,
     val_labels: torch.Tensor | None = None,
     rule: str = RULE,
@@ -136,14 +146,14 @@ def calibrate(
 ) -> dict[str, Any]:
     """The decision for a fitted classifier: its threshold from validation clips when given (scored by clf
     itself), else from leave-one-out over the support features it was fitted on (groups: see loo_log_odds)."""
-    index = positive_index(clf.labels, positive)
+    index = positive_members(clf.labels, positive)
     if val_features is not None and val_labels is not None:
         scores = log_odds(clf.scores(val_features).float().numpy(), index)
-        return eer_decision(scores, (val_labels == index).numpy(), positive, "validation", rule)
+        return eer_decision(scores, np.isin(val_labels.numpy(), index), positive, "validation", rule)
     scores = loo_log_odds(features, labels, clf.labels, clf.layout, clf.fingerprint, clf.config, positive, groups)
     if groups is not None:
         labels = labels[group_firsts(groups)]
-    return eer_decision(scores, (labels == index).numpy(), positive, "leave-one-out support", rule)
+    return eer_decision(scores, np.isin(labels.numpy(), index), positive, "leave-one-out support", rule)
 
 
 def site_clips(root: Path) -> tuple[list[Path], list[str]]:

@@ -21,6 +21,7 @@ from .fingerprint import Fingerprint, describe_mismatch
 
 FORMAT_VERSION = 1
 UNKNOWN = "unknown"
+SUB = "/"  # "spoof/neural": a sub-class of spoof, with prototypes of its own, reported as spoof
 Abstain = Literal["none", "score", "margin"]
 ABSTAIN_MODES: tuple[str, ...] = get_args(Abstain)
 Method = Literal["calm", "sav"]
@@ -104,13 +105,35 @@ PRESETS: dict[str, CalmConfig] = {
 }
 
 
+def parent_of(label: str) -> str:
+    """The class a (sub-)class label is reported as: `spoof/neural` -> `spoof`, `glass` -> `glass`."""
+    return label.split(SUB, 1)[0]
+
+
+def group_members(labels: list[str], group: str | list[str] | tuple[str, ...]) -> list[int]:
+    """Indices of the (sub-)classes in a group of names: a name takes itself and, when it is a class, all its
+    sub-classes (`spoof` takes `spoof/classic` and `spoof/neural`). ValueError names what matches nothing."""
+    names = [group] if isinstance(group, str) else list(group)
+    if not names:
+        raise ValueError("the positive group is empty: name at least one class")
+    missing = [n for n in names if not any(lab == n or parent_of(lab) == n for lab in labels)]
+    if missing:
+        raise ValueError(f"--positive {', '.join(map(repr, missing))} is not a class of this classifier "
+                         f"(classes: {', '.join(labels)})")  # fmt: skip
+    members = [i for i, lab in enumerate(labels) if lab in names or parent_of(lab) in names]
+    if len(members) == len(labels):
+        raise ValueError(f"--positive {', '.join(names)} takes every class: a detector needs a negative side")
+    return members
+
+
 @dataclass(frozen=True)
 class Prediction:
     label: str  # UNKNOWN when abstaining
     best: str  # the best class, even when abstaining
     score: float
     margin: float
-    scores: dict[str, float]
+    scores: dict[str, float]  # per class (a class with sub-classes scores as its best sub-class)
+    sub: str = ""  # the best (sub-)class itself: `spoof/neural` where best is `spoof`
 
     def top(self, k: int = 3) -> list[tuple[str, float]]:
         return sorted(self.scores.items(), key=lambda kv: -kv[1])[:k]
@@ -121,7 +144,8 @@ class CalmClassifier:
     """Prototypes and class-specific head weights over a compact set of heads.
 
     heads holds flat indices (layer * n_heads + head) of the heads kept: those with weight for
-    any class plus the SAV baseline's heads; sav holds positions into heads.
+    any class plus the SAV baseline's heads; sav holds positions into heads. labels are the units CALM fits
+    (one prototype and one weight vector each); `spoof/neural` is a sub-class, reported as its class `spoof`.
     """
 
     labels: list[str]
@@ -156,8 +180,8 @@ class CalmClassifier:
         marks augmented copies of one recording (calm_core.augment): left out together, counted once.
         """
         n_classes = len(label_names)
-        if n_classes < 2:
-            raise ValueError(f"need at least 2 classes, got {n_classes}: {label_names}")
+        if len({parent_of(name) for name in label_names}) < 2:
+            raise ValueError(f"need at least 2 classes, got {label_names}")
         flat = _flatten(features, layout)
         n_heads_total = flat.shape[1]
         layer = torch.arange(n_heads_total) // layout.n_heads
@@ -194,8 +218,9 @@ class CalmClassifier:
             },
         )
         if config.abstain != "none":
-            scores = calm.calm_scores(post[:, keep], clf.weights)
-            correct = scores.argmax(1) == rel_labels
+            scores = clf.fold(calm.calm_scores(post[:, keep], clf.weights))
+            truth = torch.tensor([clf.classes.index(parent_of(label_names[i])) for i in rel_labels.tolist()])
+            correct = scores.argmax(1) == truth
             values = scores.amax(1) if config.abstain == "score" else calm.top_two_margin(scores)
             clf.abstain_threshold = calm.abstain_threshold(values, correct, config.abstain_keep)
         return clf
@@ -239,18 +264,46 @@ class CalmClassifier:
             raise ValueError(f"CALM needs layers up to {self.exit_layer}, got {features.shape[1]}")
         return calm.calm_scores(self.posteriors(features), self.weights)
 
+    @property
+    def classes(self) -> list[str]:
+        """The classes predictions report, in order: labels with their sub-classes folded in."""
+        return list(dict.fromkeys(parent_of(lab) for lab in self.labels))
+
+    def class_index(self, label: str) -> int:
+        """Index into classes of a class or sub-class name; ValueError for any other name."""
+        name = parent_of(label)
+        if name not in self.classes or (SUB in label and label not in self.labels):
+            raise ValueError(f"{label!r} is not a class of this classifier (classes: {', '.join(self.classes)})")
+        return self.classes.index(name)
+
+    def class_scores(self, features: torch.Tensor, method: Method = "calm") -> torch.Tensor:
+        """Scores per class (N, P): each class as its best sub-class (nearest of its prototypes)."""
+        return self.fold(self.scores(features, method))
+
+    def fold(self, unit_scores: torch.Tensor) -> torch.Tensor:
+        """(N, C) scores of the labels -> (N, P) of the classes, each the max over its sub-classes."""
+        classes = self.classes
+        if len(classes) == len(self.labels):
+            return unit_scores
+        index = torch.tensor([classes.index(parent_of(lab)) for lab in self.labels])
+        out = torch.full((unit_scores.shape[0], len(classes)), float("-inf"), dtype=unit_scores.dtype)
+        return out.scatter_reduce(1, index[None].expand_as(unit_scores), unit_scores, "amax")
+
     def predict(self, features: torch.Tensor, method: Method = "calm") -> list[Prediction]:
-        scores = self.scores(features, method)
+        units = self.scores(features, method)
+        scores = self.fold(units)
         margins = calm.top_two_margin(scores)
+        classes = self.classes
         out = []
-        for row, margin in zip(scores.tolist(), margins.tolist()):
+        for row, margin, unit in zip(scores.tolist(), margins.tolist(), units.argmax(1).tolist()):
             best = max(range(len(row)), key=row.__getitem__)
-            label = self.labels[best]
+            label = classes[best]
             if method == "calm" and self.abstain_threshold is not None:
                 value = row[best] if self.config.abstain == "score" else margin
                 if value < self.abstain_threshold:
                     label = UNKNOWN
-            out.append(Prediction(label, self.labels[best], row[best], margin, dict(zip(self.labels, row))))
+            scores_by_class = dict(zip(classes, row))
+            out.append(Prediction(label, classes[best], row[best], margin, scores_by_class, self.labels[unit]))
         return out
 
     def check_features(self, fingerprint: Fingerprint, source: str = "model") -> None:

@@ -16,6 +16,7 @@ import torch
 from .augment import DEFAULT_RECIPE, RECIPES, SUGGESTED_RECIPE
 from .backbones import LoadOptions, load_backbone
 from .backbones.base import DTYPES, Backbone
+from .calibration import stored_group
 from .calm import SCHEMES
 from .channels import CHANNELS, Preprocessing
 from .classifier import ABSTAIN_MODES, PRESETS, RELIABILITY_FROM, CalmClassifier, CalmConfig
@@ -91,10 +92,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
         config = replace(config, top_k=None)
     support = load_examples(args.support)
     labels, y = label_index(support)
-    if args.positive is not None:
-        from .calibration import parse_rule, positive_index
+    if args.positive:
+        from .calibration import parse_rule, positive_members
 
-        positive_index(labels, args.positive)  # refuse a wrong class (or rule) before extracting features
+        positive_members(labels, args.positive)  # refuse a wrong class (or rule) before extracting features
         parse_rule(args.calibrate)
     elif args.calibrate != "eer":
         raise CalmError("--calibrate sets the threshold for --positive CLASS: give the positive class too")
@@ -119,7 +120,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         validation=clips_of([e.path for e in val], [e.label for e in val]) if val else (),
         layers=backbone.loaded_layers, prompt=Path(args.prompt_file).read_text() if args.prompt_file else None,
         device=args.device, cache_dir=None if args.no_cache else str(Path(args.cache_dir).expanduser().resolve()),
-        positive=args.positive, calibrate=args.calibrate,
+        positive=tuple(args.positive or ()), calibrate=args.calibrate,
     )  # fmt: skip
     model_path = str(Path(args.model).expanduser().resolve()) if Path(args.model).exists() else args.model
     clf = fit_classifier(
@@ -171,7 +172,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = add_clips(
         clf, args.clips, args.label, open_backbone=open_backbone, cache_dir=cache_dir, batch_size=args.batch_size,
-        source=str(args.classifier), model_path=model or None,
+        source=str(args.classifier), model_path=model or None, positive=args.positive,
     )  # fmt: skip
     out = result.classifier.save(args.out or args.classifier)  # temp file + rename: a reload never sees half
     seconds = time.perf_counter() - t0
@@ -192,28 +193,31 @@ def _backbone_for(args: argparse.Namespace, clf: CalmClassifier, exit_layer: int
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .data import label_index, load_examples
+    from .data import load_examples
     from .evaluation import evaluate, format_report
 
     clf = CalmClassifier.load(args.classifier)
     depth = clf.exit_layer_for(("calm", "sav"))
     backbone = _backbone_for(args, clf, depth)
     data = load_examples(args.data)
-    _, y = label_index(data, clf.labels)
+    try:
+        y = [clf.class_index(e.label) for e in data]
+    except ValueError as e:
+        raise CalmError(f"{args.data}: {e}") from None
     prep = Preprocessing.of(clf.info)
     if args.channel:
         prep = replace(prep, channel=args.channel)
     feats = _store(args, backbone, prep).extract([e.path for e in data], depth, progress=not args.quiet, desc="eval")
     result = evaluate(clf, feats, y)
     stored = clf.info.get("decision")
-    positive = args.positive or (stored.get("positive") if isinstance(stored, dict) else None)
-    if positive is not None:
+    positive = args.positive or (stored_group(stored) if isinstance(stored, dict) else None)
+    if positive:
         from .evaluation import detection, format_detection
 
         calls = [str(e.call) for e in data] if data[0].call is not None else None
-        result["detection"] = detection(clf, feats, y, str(positive), calls)
+        result["detection"] = detection(clf, feats, y, positive, calls)
         if args.plot:
-            result["detection"]["plot"] = str(_plot_det(args, clf, feats, y, str(positive), calls))
+            result["detection"]["plot"] = str(_plot_det(args, clf, feats, y, positive, calls))
     if args.plot:
         result["confusion_plot"] = str(_plot_confusion(args, result, positive is not None))
     text = format_report(result) + (format_detection(result["detection"]) if "detection" in result else "")
@@ -236,17 +240,17 @@ def _plot_confusion(args: argparse.Namespace, result: dict[str, Any], beside_det
 
 
 def _plot_det(
-    args: argparse.Namespace, clf: CalmClassifier, feats: torch.Tensor, y: list[int], positive: str,
+    args: argparse.Namespace, clf: CalmClassifier, feats: torch.Tensor, y: list[int], positive: list[str],
     calls: list[str] | None,
 ) -> Path:  # fmt: skip
     """DET curves of CALM and SAV, per clip and (dashed) per call when the clips name their calls."""
     import numpy as np
 
     from .detection import det_curve, eer, per_call
-    from .evaluation import detection_scores
+    from .evaluation import detection_scores, is_positive_class
     from .plots import DetCurve, plot_det
 
-    is_positive = np.array(y) == clf.labels.index(positive)
+    is_positive = is_positive_class(clf, positive)[np.array(y, dtype=int)]
     curves = []
     for colour, (method, scores) in zip(("C0", "C1"), detection_scores(clf, feats, positive).items()):
         sets = [("per clip", scores, is_positive, False)]
@@ -255,7 +259,7 @@ def _plot_det(
             sets.append(("per call", call_scores, call_positive, True))
         for unit, s, p, dashed in sets:
             curves.append(DetCurve(f"{method.upper()} {unit}", *det_curve(s, p), eer(s, p)[0], dashed, colour))
-    title = f"{Path(args.classifier).name}: {positive!r} on {Path(args.data).name} ({len(y)} clips)"
+    title = f"{Path(args.classifier).name}: {' + '.join(positive)!r} on {Path(args.data).name} ({len(y)} clips)"
     return plot_det(curves, args.plot, title)
 
 
@@ -272,7 +276,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     files, calls = site_clips(args.genuine)
     backbone = _backbone_for(args, clf, clf.exit_layer)
     feats = _store(args, backbone, Preprocessing.of(clf.info)).extract(files, clf.exit_layer, progress=not args.quiet)
-    scores = detection_scores(clf, feats, str(stored["positive"]))["calm"]
+    scores = detection_scores(clf, feats, stored_group(stored))["calm"]
     decision, summary = site_decision(stored, scores, calls if args.per_call else None, args.far, str(args.genuine))
     clf.info["decision"] = decision
     out = clf.save(args.out or args.classifier)
@@ -441,8 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--abstain", choices=ABSTAIN_MODES, help="answer 'unknown' below a threshold")
     fit.add_argument("--abstain-keep", type=float, help="share of correct answers kept")
     fit.add_argument(
-        "--positive", metavar="CLASS",
-        help="detector of CLASS (e.g. spoof): store the call-score threshold at the EER point of the validation "
+        "--positive", metavar="CLASS", action="append",
+        help="detector of CLASS (e.g. spoof; repeatable: --positive spoof --positive neural scores the group, "
+        "as its best member, against the rest): store the call-score threshold at the EER point of the validation "
         "clips' scores, or of leave-one-out scores of the support clips (one refit per clip); calmd decides with it",
     )  # fmt: skip
     fit.add_argument(
@@ -473,6 +478,10 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--classifier", required=True, type=Path, help="classifier file made by `calm fit`")
     add.add_argument("--label", help="the class the clips belong to (an existing class or a new one)")
     add.add_argument("clips", nargs="*", type=Path, help="audio files, e.g. saved detections (a .json beside is read)")
+    add.add_argument(
+        "--positive", action="store_true",
+        help="detectors: the class joins the positive group (a new kind of attack taught as a class of its own)",
+    )  # fmt: skip
     add.add_argument("--out", type=Path, help="write here instead of replacing the classifier file")
     add.add_argument("--model", help="model folder (default: the one the classifier records)")
     add.add_argument("--device", help="cpu, cuda or cuda:N for the new clips (default: the one it was fitted on)")
@@ -486,8 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", required=True, help="folder or manifest of labelled clips")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument(
-        "--positive", metavar="CLASS",
-        help="also report detection of CLASS against the rest (ROC AUC, EER and its threshold, minDCF), per clip "
+        "--positive", metavar="CLASS", action="append",
+        help="also report detection of CLASS (repeatable: a group) against the rest (ROC AUC, EER and its "
+        "threshold, minDCF), per clip "
         "and, when a manifest gives each clip a call (column call or group), per call (mean log-odds of its clips); "
         "default: the class the classifier was fitted to detect (calm fit --positive)",
     )  # fmt: skip

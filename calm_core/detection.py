@@ -13,6 +13,7 @@ i.e. DCF_norm(t) = 1.9 P_fa(t) + P_miss(t); minDCF is its minimum over threshold
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,11 +41,17 @@ def log_odds_ratio(s_pos: ArrayLike, s_other: ArrayLike) -> np.ndarray:
     return np.log((pos + EPS) / (other + EPS))
 
 
-def log_odds(scores: np.ndarray, positive: int) -> np.ndarray:
-    """Per-clip log_odds_ratio of the positive class over the best other class: (N, C) -> (N,)."""
+def log_odds(scores: np.ndarray, positive: int | Sequence[int]) -> np.ndarray:
+    """Per-clip log_odds_ratio of the positive group (one class index or several: a new kind of attack taught as
+    a class of its own beside `spoof`) over the best class outside it: (N, C) -> (N,). The group scores as its
+    best member, so a clip near any one attack's prototypes is flagged, however many other attacks there are."""
     scores = np.asarray(scores, dtype=np.float64)
-    others = np.delete(scores, positive, axis=1).max(axis=1)
-    return log_odds_ratio(scores[:, positive], others)
+    members = [positive] if isinstance(positive, (int, np.integer)) else list(positive)
+    if not members or len(set(members)) >= scores.shape[1]:
+        raise ValueError(f"the positive group {members} must hold at least one class and leave one out")
+    pos = scores[:, members].max(axis=1)
+    others = np.delete(scores, members, axis=1).max(axis=1)
+    return log_odds_ratio(pos, others)
 
 
 def _split(scores: np.ndarray, is_positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

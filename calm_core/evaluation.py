@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 
-from .classifier import UNKNOWN, CalmClassifier, Method
+from .classifier import UNKNOWN, CalmClassifier, Method, group_members, parent_of
 from .detection import ASVSPOOF5, detection_report, log_odds, per_call
 
 
@@ -26,19 +27,21 @@ def method_metrics(y_true: list[int], y_pred: list[int], labels: list[str]) -> d
 
 
 def evaluate(clf: CalmClassifier, features: torch.Tensor, y_true: list[int]) -> dict[str, Any]:
-    """Accuracy, macro-F1, per-class report and confusion matrix for CALM and SAV, plus abstention."""
-    result: dict[str, Any] = {"n": len(y_true), "labels": clf.labels}
+    """Accuracy, macro-F1, per-class report and confusion matrix for CALM and SAV, plus abstention.
+    y_true indexes clf.classes (sub-classes folded into their class: clf.class_index)."""
+    classes = clf.classes
+    result: dict[str, Any] = {"n": len(y_true), "labels": classes}
     methods: tuple[Method, ...] = ("calm", "sav")
     for method in methods:
         preds = clf.predict(features, method)
-        result[method] = method_metrics(y_true, [clf.labels.index(p.best) for p in preds], clf.labels)
+        result[method] = method_metrics(y_true, [classes.index(p.best) for p in preds], classes)
         if method == "calm" and clf.abstain_threshold is not None:
             answered = [(p.label, y) for p, y in zip(preds, y_true) if p.label != UNKNOWN]
             result["calm"]["abstain"] = {
                 "threshold": clf.abstain_threshold,
                 "coverage": len(answered) / max(1, len(preds)),
                 "selective_accuracy": (
-                    sum(clf.labels[y] == label for label, y in answered) / len(answered) if answered else None
+                    sum(classes[y] == label for label, y in answered) / len(answered) if answered else None
                 ),
             }
     result["exit_layer"] = {"calm": clf.exit_layer, "sav": clf.sav_exit_layer}
@@ -74,25 +77,31 @@ def format_report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def detection_scores(clf: CalmClassifier, features: torch.Tensor, positive: str) -> dict[str, np.ndarray]:
-    """Per-clip log-odds of `positive` over the best other class (the score calmd's per-call verdicts average),
-    for CALM and SAV."""
-    if positive not in clf.labels:
-        raise ValueError(f"--positive {positive!r} is not a class of this classifier ({', '.join(clf.labels)})")
-    index = clf.labels.index(positive)
+def detection_scores(clf: CalmClassifier, features: torch.Tensor, positive: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per-clip log-odds of the positive group over the best class outside it (the score calmd's per-call
+    verdicts average), for CALM and SAV."""
+    members = group_members(clf.labels, positive)
     methods: tuple[Method, ...] = ("calm", "sav")
-    return {m: log_odds(clf.scores(features, m).float().numpy(), index) for m in methods}
+    return {m: log_odds(clf.scores(features, m).float().numpy(), members) for m in methods}
+
+
+def is_positive_class(clf: CalmClassifier, positive: Sequence[str]) -> np.ndarray:
+    """(P,) whether each of clf.classes is on the positive side (a class with any sub-class in the group)."""
+    members = {parent_of(clf.labels[i]) for i in group_members(clf.labels, positive)}
+    return np.array([c in members for c in clf.classes], dtype=bool)
 
 
 def detection(
-    clf: CalmClassifier, features: torch.Tensor, y_true: list[int], positive: str, calls: list[str] | None = None
-) -> dict[str, Any]:
-    """AUC, EER and minDCF (ASVspoof 5 costs) of `positive` against every other class, for CALM and SAV, per clip
-    and, when clips carry call ids, per call (the mean of its clips' log-odds)."""
+    clf: CalmClassifier, features: torch.Tensor, y_true: list[int], positive: Sequence[str],
+    calls: list[str] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """AUC, EER and minDCF (ASVspoof 5 costs) of the positive group against every other class, for CALM and SAV,
+    per clip and, when clips carry call ids, per call (the mean of its clips' log-odds). y_true indexes
+    clf.classes."""
     scores = detection_scores(clf, features, positive)
-    index = clf.labels.index(positive)
-    is_positive = np.array([y == index for y in y_true], dtype=bool)
-    result: dict[str, Any] = {"positive": positive, "n_positive": int(is_positive.sum()), "costs": ASVSPOOF5.__dict__}
+    is_positive = is_positive_class(clf, positive)[np.asarray(y_true, dtype=int)]
+    name = " + ".join(positive)
+    result: dict[str, Any] = {"positive": name, "n_positive": int(is_positive.sum()), "costs": ASVSPOOF5.__dict__}
     for method, s in scores.items():
         result[method] = detection_report(s, is_positive)
     if calls is not None:

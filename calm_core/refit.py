@@ -16,7 +16,7 @@ import torch
 
 from .backbones.base import Backbone, HeadLayout
 from .channels import Preprocessing
-from .classifier import UNKNOWN, CalmClassifier, CalmConfig
+from .classifier import UNKNOWN, CalmClassifier, CalmConfig, parent_of
 from .errors import ClassifierFileError, DatasetError
 from .features import FeatureStore, cache_entry, read_cached
 from .fingerprint import Fingerprint, file_sha256
@@ -47,7 +47,7 @@ class FitRecord:
     prompt: str | None = None  # the prompt text when not the backbone's default (the fingerprint holds its hash)
     device: str = "cpu"
     cache_dir: str | None = None  # the feature cache the fit used (None: --no-cache)
-    positive: str | None = None  # calm fit --positive: the detector's class
+    positive: tuple[str, ...] = ()  # calm fit --positive: the detector's positive group (empty: not a detector)
     calibrate: str = "eer"  # and its threshold rule
     version: int = field(default=RECORD_VERSION)
 
@@ -69,7 +69,9 @@ class FitRecord:
                 raise ValueError(f"info.fit.version {data.get('version')!r} is not {RECORD_VERSION}")
             clips = {k: tuple(Clip(str(c["path"]), str(c["sha256"]), str(c["label"])) for c in data[k]) for k in
                      ("support", "validation")}  # fmt: skip
-            record = cls(**{**data, **clips})
+            positive = data.get("positive")  # one name (or null) before positive groups
+            group = () if positive is None else (str(positive),) if isinstance(positive, str) else tuple(positive)
+            record = cls(**{**data, **clips, "positive": tuple(str(p) for p in group)})
         except (KeyError, TypeError, ValueError) as e:
             raise ClassifierFileError(f"{source}: invalid support record in the classifier file ({e})") from e
         if not record.support or record.layers < 1:
@@ -108,7 +110,7 @@ def fit_classifier(
     clf.info["channel"] = prep.channel
     clf.info["conditioning"] = prep.conditioning
     clf.info["augmentation"] = augmentation
-    if record.positive is not None:
+    if record.positive:
         from .calibration import calibrate
 
         clf.info["decision"] = calibrate(
@@ -242,22 +244,31 @@ def add_clips(
     batch_size: int = 4,
     source: str = "classifier",
     model_path: str | None = None,
+    positive: bool = False,
 ) -> AddResult:
     """Refit clf with paths added to class label (new or existing), with exactly its recorded settings.
 
+    positive: the class joins a detector's positive group (a new kind of attack taught as its own class).
     open_backbone(load_layers) is called only when some clip's features must be computed.
     """
     record = FitRecord.from_info(clf.info, source)
     if paths and label is None:
         raise DatasetError("clips to add need the class they belong to: give --label NAME")
+    if positive:
+        if not record.positive:
+            raise DatasetError(f"--positive: {source} is not a detector (fit it with `calm fit --positive CLASS`)")
+        if label is None:
+            raise DatasetError("--positive puts a class into the positive group: give --label NAME")
+        if parent_of(label) not in record.positive and label not in record.positive:
+            record = replace(record, positive=(*record.positive, label))
     added, skipped, notes = new_clips(record, paths, label) if label is not None else ([], [], [])
     support = record.support + tuple(added)
     labels = sorted({c.label for c in support})  # as `calm fit` orders them
     short = [c for c, n in _counts(support).items() if n < 2]
-    if record.positive is not None and not record.validation and short:
+    if record.positive and not record.validation and short:
         raise DatasetError(
-            f"{source} detects {record.positive!r} with a threshold from leave-one-out over the support clips, "
-            f"which needs 2 clips in every class; {short} would have 1: add at least 2 clips of a new class"
+            f"{source} detects {' + '.join(record.positive)!r} with a threshold from leave-one-out over the support "
+            f"clips, which needs 2 clips in every class; {short} would have 1: add at least 2 clips of a new class"
         )
     prep = Preprocessing.of(clf.info)
     augmentation = str(clf.info.get("augmentation", "none"))
@@ -331,6 +342,11 @@ def format_add(result: AddResult, old: CalmClassifier, out: Path, seconds: float
         f"features: {result.from_cache} clips from the cache, {result.computed} through the model; "
         f"done in {seconds:.1f} s"
     )
+    decision = new.info.get("decision")
+    if isinstance(decision, dict):
+        group = decision["positive"]
+        lines.append(f"detects {' + '.join([group] if isinstance(group, str) else group)} (threshold "
+                     f"{float(decision['threshold']):.3f}, {decision['scores_from']})")  # fmt: skip
     lines.append(f"wrote {out} (exit layer {new.exit_layer}, was {old.exit_layer})")
     if new.exit_layer > old.exit_layer:
         lines.append(

@@ -1,7 +1,8 @@
 """Per-call verdicts: a sink that turns the labels of a call's legs into calm.call.<call-id> messages.
 
-Each labelled segment of a scored leg adds its log-odds of the positive class,
-    x = ln((s_pos + EPS) / (s_other + EPS)),  s_other the best other class's CALM score
+Each labelled segment of a scored leg adds its log-odds of the positive group (one class, e.g. spoof, or
+several: spoof and a new kind of attack taught as a class of its own),
+    x = ln((s_pos + EPS) / (s_other + EPS)),  s_pos the group's best CALM score, s_other the best outside it
 (calm_core.detection.log_odds_ratio, the score `calm fit --positive` and `calm eval` use too),
 and the call's score is the mean of x over its scored segments. A running update follows every segment;
 the final verdict follows the last leg's hangup, once its last segment is labelled.
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from calm_core.classifier import group_members, parent_of
 from calm_core.detection import log_odds_ratio
 
 from .events import CallEvent, CallLeg, LabelEvent, utc_iso
@@ -36,11 +38,22 @@ DEFAULT_POSITIVE = "spoof"
 
 @dataclass(frozen=True)
 class Policy:
-    positive: str
+    group: tuple[str, ...]  # the positive group's classes
     threshold: float
     source: str  # "classifier" | "config" | "default"
     classifier: str
     fingerprint: str
+
+    @property
+    def positive(self) -> str:
+        """The group as one name, as calm.call messages carry it: `spoof`, or `spoof+neural`."""
+        return "+".join(self.group)
+
+
+def _group(value: object) -> tuple[str, ...]:
+    if value is None or value == "" or value == []:
+        return ()
+    return (str(value),) if isinstance(value, str) else tuple(str(v) for v in value)  # type: ignore[attr-defined]
 
 
 def decision_policy(
@@ -48,33 +61,36 @@ def decision_policy(
     info: dict[str, object],
     classifier: str,
     fingerprint: str,
-    positive: str | None = None,
+    positive: str | list[str] | None = None,
     threshold: float | None = None,
 ) -> Policy:
-    """The positive class and threshold for a classifier; ValueError when the positive class is not one of
-    its labels."""
+    """The positive group and threshold for a classifier; ValueError when a name in the group is not one of
+    its classes (or the group takes them all)."""
     stored = info.get("decision") if isinstance(info.get("decision"), dict) else {}
     assert isinstance(stored, dict)
-    pos = positive or stored.get("positive") or DEFAULT_POSITIVE
-    if pos not in labels:
-        raise ValueError(
-            f"calls.positive {pos!r} is not a class of classifier {classifier!r} ({', '.join(labels)}); "
-            "set [calls] positive to one of them"
-        )
+    group = _group(positive) or _group(stored.get("positive")) or (DEFAULT_POSITIVE,)
+    try:
+        members = group_members(labels, list(group))
+    except ValueError as e:
+        raise ValueError(f"calls.positive for classifier {classifier!r}: {e}; set [calls] positive") from None
+    classes = tuple(dict.fromkeys(parent_of(labels[i]) for i in members))  # what labels and their top name
     if threshold is not None:
-        return Policy(str(pos), float(threshold), "config", classifier, fingerprint)
+        return Policy(classes, float(threshold), "config", classifier, fingerprint)
     value = stored.get("threshold")
-    if isinstance(value, (int, float)) and math.isfinite(value) and stored.get("positive", pos) == pos:
-        return Policy(str(pos), float(value), "classifier", classifier, fingerprint)
-    return Policy(str(pos), DEFAULT_THRESHOLD, "default", classifier, fingerprint)
+    same = set(_group(stored.get("positive")) or group) == set(group)
+    if isinstance(value, (int, float)) and math.isfinite(value) and same:
+        return Policy(classes, float(value), "classifier", classifier, fingerprint)
+    return Policy(classes, DEFAULT_THRESHOLD, "default", classifier, fingerprint)
 
 
-def segment_log_odds(event: LabelEvent, positive: str) -> float:
-    """log_odds_ratio of the positive class's score over the best other class's, from the label's top scores."""
+def segment_log_odds(event: LabelEvent, positive: tuple[str, ...] | str) -> float:
+    """log_odds_ratio of the positive group's best score over the best score outside it, from the label's top
+    scores."""
+    group = {positive} if isinstance(positive, str) else set(positive)
     s_pos = 0.0
     s_other = 0.0
     for scored in event.top:
-        if scored.label == positive:
+        if scored.label in group:
             s_pos = max(s_pos, scored.score)
         else:
             s_other = max(s_other, scored.score)
@@ -130,7 +146,7 @@ class CallAggregator(Sink):
                 return
             leg = call.legs[info.leg]
             leg.segments += 1
-            leg.total += segment_log_odds(event, policy.positive)
+            leg.total += segment_log_odds(event, policy.group)
             message = self._message(info.call, call, policy, final=False)
         self.publish(message)
 

@@ -86,5 +86,7 @@ class ListenersSection(_Section):
 
 
 class CallsSection(_Section):
-    positive: str | None = None  # the class a call's score is about; default: the classifier's, else "spoof"
+    # The class, or group of classes (a new kind of attack beside spoof), a call's score is about; default: the
+    # classifier's, else "spoof".
+    positive: str | list[str] | None = None
     threshold: float | None = None  # log-odds threshold; default: the classifier's, else 0.0

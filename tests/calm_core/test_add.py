@@ -55,7 +55,7 @@ def test_fit_records_what_a_refit_needs(fitted, tone_sets) -> None:
     record = FitRecord.from_info(CalmClassifier.load(out).info, str(out))
     assert len(record.support) == 20 and record.validation == ()
     assert {Path(c.path).parent.name == c.label for c in record.support} == {True}
-    assert record.positive == "siren" and record.calibrate == "far=0.25" and record.cache_dir == str(cache)
+    assert record.positive == ("siren",) and record.calibrate == "far=0.25" and record.cache_dir == str(cache)
     assert record.layers == 4 and record.prompt is None
 
 
@@ -108,7 +108,7 @@ def test_a_new_class_appears_and_labels_its_sound(fitted, backbone, tmp_path) ->
     assert "systemctl reload calmd" in proc.stdout or "systemctl restart calmd" in proc.stdout
     clf = CalmClassifier.load(added)
     assert clf.labels == ["beep", "hum", "siren", "voice", "whistle"]
-    assert clf.info["decision"]["positive"] == "siren"  # the detector stays a siren detector, recalibrated
+    assert clf.info["decision"]["positive"] == ["siren"]  # the detector stays a siren detector, recalibrated
     clip = apply_channel(voiced(145.0, 1.0, seed=50), "telephone")  # a voice it has not heard
     assert clf.predict(backbone.head_activations([clip]))[0].best == "voice"
 

@@ -56,7 +56,7 @@ def test_fit_positive_stores_the_eer_threshold_of_leave_one_out_scores(
                                  CalmConfig(top_k=6))  # fmt: skip
         scores.append(by_hand_log_odds(clf.scores(feats[i : i + 1]), pos)[0])
     value, threshold = eer(np.array(scores), (y == pos).numpy())
-    assert stored["positive"] == "beep" and stored["rule"] == "eer"
+    assert stored["positive"] == ["beep"] and stored["rule"] == "eer"
     assert stored["scores_from"] == "leave-one-out support"
     assert stored["threshold"] == pytest.approx(threshold, abs=1e-9) and stored["eer"] == pytest.approx(value)
     assert (stored["n_positive"], stored["n_negative"]) == (5, 15)

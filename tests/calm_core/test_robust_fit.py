@@ -92,7 +92,7 @@ def test_calibrate_sets_the_threshold_from_the_sites_genuine_clips(augmented, ti
     assert clf.info["decision"]["threshold"] == far_threshold(scores, 0.1) == summary["new_threshold"]
     assert summary["n"] == 30 and summary["flagged_at_new"] == np.mean(scores >= summary["new_threshold"]) <= 0.1
     assert summary["stored_threshold"] == CalmClassifier.load(out).info["decision"]["threshold"]
-    assert clf.info["decision"]["rule"] == "far=0.1" and clf.info["decision"]["positive"] == "siren"
+    assert clf.info["decision"]["rule"] == "far=0.1" and clf.info["decision"]["positive"] == ["siren"]
 
 
 def test_calibrate_refuses_a_classifier_that_is_no_detector(tiny_model_dir, tone_sets, tmp_path) -> None:

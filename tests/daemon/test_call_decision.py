@@ -45,7 +45,7 @@ def label(stream: str, seq: int, log_odds: float) -> LabelEvent:
 
 def test_policy_takes_the_stored_threshold(detector: CalmClassifier) -> None:
     stored = detector.info["decision"]
-    assert isinstance(stored, dict) and stored["positive"] == "beep"
+    assert isinstance(stored, dict) and stored["positive"] == ["beep"]
     policy = decision_policy(detector.labels, detector.info, "beep", detector.fingerprint.digest)
     assert (policy.positive, policy.threshold, policy.source) == ("beep", stored["threshold"], "classifier")
     # [calls] threshold in the config still wins
