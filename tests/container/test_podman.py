@@ -411,7 +411,7 @@ def compose_file(ports: dict[int, int]) -> dict:
 
 @pytest.fixture(scope="module")
 def project(image: str, podman_options: list[str], tmp_path_factory, tone_sets: dict[str, Path]) -> Iterator[Project]:
-    """README "Run in a container": fit a classifier into the project's classifiers volume with the image's
+    """docs/container.md: fit a classifier into the project's classifiers volume with the image's
     `calm fit` (bundled Whisper tiny.en, converted once into the model-cache volume), then `podman-compose
     up -d` the shipped compose.yaml with config/container's files, a wav file instead of the camera."""
     if shutil.which("podman-compose") is None:
@@ -489,6 +489,6 @@ def test_compose_runs_calmd_calm_mqtt_and_mosquitto_together(project: Project, p
     healthy = wait_for(lambda: podman("healthcheck", "run", calmd, check=False, timeout=60).returncode == 0,
                        TIMEOUT_S, 1.0)  # fmt: skip
     assert healthy, f"calmd's HEALTHCHECK never passed in compose: {logs(calmd)}"
-    # The stop a user runs (podman-compose 1.0 ignores stop_grace_period: README gives -t).
+    # The stop a user runs (podman-compose 1.0 ignores stop_grace_period: docs/container.md gives -t).
     compose(project, podman_options, "stop", "-t", "30", "calmd")
     assert state(calmd, ".State.ExitCode") == "0", logs(calmd)
