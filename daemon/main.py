@@ -124,10 +124,20 @@ def run(args: argparse.Namespace) -> int:
     from .review import Review
     from .service import Service
 
+    stop = threading.Event()
+    reloads = ReloadGate()
     cfg = load_config(args.config, overrides(args))
     notifier = Notifier()
     metrics = Metrics()
-    service = Service(cfg, metrics)
+    review = None
+    if cfg.page.enabled:  # first: it names the classifier versions the service loads
+        clips = cfg.clips.dir if cfg.clips.enabled else None
+        model = (cfg.model.path, cfg.model.device)
+        serving = lambda: {"name": service.model.name, "fingerprint": service.model.digest,  # noqa: E731
+                           "labels": service.model.classifier.labels, "error": service.error}  # fmt: skip
+        # the page's review reloads through the same gate as SIGHUP
+        review = Review(cfg.model.classifier, clips, cfg.page.review_dir, model, serving, reloads.reload_and_wait)
+    service = Service(cfg, metrics, version_name=review.version_name if review else None)
     if cfg.metrics.enabled:
         port = metrics.serve(cfg.metrics.host, cfg.metrics.port)
         log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, port)
@@ -137,19 +147,9 @@ def run(args: argparse.Namespace) -> int:
         service.model.classifier.exit_layer, service.model.classifier.layout.n_layers,
     )  # fmt: skip
 
-    stop = threading.Event()
-    reloads = ReloadGate()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: reloads.request())
-
-    review = None
-    if cfg.page.enabled:  # the page's review reloads through the same gate as SIGHUP
-        serving = lambda: {"name": service.model.name, "labels": service.model.classifier.labels,  # noqa: E731
-                           "error": service.error}  # fmt: skip
-        clips = cfg.clips.dir if cfg.clips.enabled else None
-        model = (cfg.model.path, cfg.model.device)
-        review = Review(cfg.model.classifier, clips, cfg.page.review_dir, model, serving, reloads.reload_and_wait)
     service.start()
     if service.page is not None and review is not None:
         service.page.attach_review(review)

@@ -110,6 +110,7 @@ class Review:
         self.job: Job | None = None
         self.thread: threading.Thread | None = None
         self.child: subprocess.Popen[str] | None = None
+        self.installing: Version | None = None  # the version Apply has put in the live file, until calmd takes it
         self.closed = False
         self._load()
 
@@ -204,6 +205,18 @@ class Review:
                 "classifier": side.get("classifier"), "verdict": asdict(verdict) if verdict else None,
             })  # fmt: skip
         return shown
+
+    def version_name(self, sha256: str) -> str | None:
+        """The name of the version a classifier file holds (None: a file the review has not seen): what calmd
+        calls the classifier in every label and status."""
+        with self.lock:
+            known = [v for v in self.versions if v.sha256 == sha256]
+            if self.installing is not None and self.installing.sha256 == sha256:
+                known.insert(0, self.installing)
+            current = self._version(self.current)
+            if current in known:  # two versions of the same content: the one the review serves
+                return current.name if current else None
+            return known[0].name if known else None
 
     def _version(self, name: str | None) -> Version | None:
         return next((v for v in self.versions if v.name == name), None)
@@ -315,12 +328,18 @@ class Review:
         summary = self._refit(copies, out)
         version.sha256 = file_sha256(out)
         version.note = "; ".join(f"{c}: {summary_counts(summary, c)}" for c in plan)
-        install(out, self.live)
-        if not self.reload(RELOAD_TIMEOUT_S):
-            install(self.dir / base.file, self.live)  # calmd still serves base: the file says so again
-            error = self.serving().get("error") or "no reload within the time allowed"
-            raise Refused(409, f"calmd did not take {version.name} ({error}); it still serves {base.name}, and "
-                               f"{out} is kept")  # fmt: skip
+        with self.lock:
+            self.installing = version  # what calmd names the file it reloads
+        try:
+            install(out, self.live)
+            if not self.reload(RELOAD_TIMEOUT_S):
+                install(self.dir / base.file, self.live)  # calmd still serves base: the file says so again
+                error = self.serving().get("error") or "no reload within the time allowed"
+                raise Refused(409, f"calmd did not take {version.name} ({error}); it still serves {base.name}, "
+                                   f"and {out} is kept")  # fmt: skip
+        finally:
+            with self.lock:
+                self.installing = None
         with self.lock:
             self.versions.append(version)
             self.current = version.name

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from calm_core.backbones.base import Backbone
 from calm_core.classifier import UNKNOWN, CalmClassifier
 from calm_core.conditioning import condition
 from calm_core.errors import CalmError
+from calm_core.fingerprint import file_sha256
 
 from .calls import CallAggregator, Policy, decision_policy
 from .clips import ClipRecorder
@@ -42,15 +44,24 @@ class Model:
 
     backbone: Backbone
     classifier: CalmClassifier
-    name: str
+    name: str  # the version's name (e.g. "garden-v3"), or the file's stem when no review knows the file
+    digest: str  # sha256 of the classifier file: the `fingerprint` every label and status carries
     lock: threading.Lock = field(default_factory=threading.Lock)
     policy: Policy | None = None  # per-call decisions, when listeners are configured
 
 
 class Service:
-    def __init__(self, cfg: DaemonConfig, metrics: Metrics | None = None, backbone: Backbone | None = None):
-        """backbone: one already loaded (benchmarks, tests); None loads the one cfg.model names."""
+    def __init__(
+        self,
+        cfg: DaemonConfig,
+        metrics: Metrics | None = None,
+        backbone: Backbone | None = None,
+        version_name: Callable[[str], str | None] | None = None,
+    ):
+        """backbone: one already loaded (benchmarks, tests); None loads the one cfg.model names.
+        version_name: the review's name for a classifier file's sha256 (None: a file it does not know)."""
         self.cfg = cfg
+        self.version_name = version_name
         self.metrics = metrics or Metrics()
         self.started = time.monotonic()
         self.streams = StreamRegistry(cfg.streams, cfg.vad, self.metrics)
@@ -84,7 +95,7 @@ class Service:
 
     # ---- model -------------------------------------------------------------------------------
     def _load_model(self, classifier_path: str, backbone: Backbone | None = None) -> Model:
-        clf = CalmClassifier.load(classifier_path)
+        clf, digest = _load_classifier(classifier_path)
         if backbone is None:
             m = self.cfg.model
             # Unset precision: the one the classifier was fitted with, so its features match.
@@ -97,18 +108,17 @@ class Service:
                 f"{classifier_path}: needs layers up to {clf.exit_layer}, but only {backbone.loaded_layers} are "
                 "loaded; restart calmd to load more"
             )
-        name = Path(classifier_path).name.split(".")[0]
+        name = (self.version_name(digest) if self.version_name else None) or Path(classifier_path).name.split(".")[0]
         check_rule_labels(self.cfg.events, clf.labels, name)  # ValueError: reload refuses it like any other
         policy = None
         if self.cfg.listeners.any():  # ValueError when the positive class is not one of the classifier's
             calls = self.cfg.calls
-            policy = decision_policy(
-                clf.labels, clf.info, name, clf.fingerprint.digest, calls.positive, calls.threshold
-            )
-        return Model(backbone, clf, name, policy=policy)
+            policy = decision_policy(clf.labels, clf.info, name, digest, calls.positive, calls.threshold)
+        return Model(backbone, clf, name, digest, policy=policy)
 
     def _classifier(self) -> tuple[str, str]:
-        return self.model.name, self.model.classifier.fingerprint.digest
+        model = self.model
+        return model.name, model.digest
 
     def call_policy(self) -> Policy:
         policy = self.model.policy
@@ -128,7 +138,7 @@ class Service:
         with self.model.lock:
             self.model = new
         self.error = None
-        log.info("reloaded %s (exit layer %d)", path, new.classifier.exit_layer)
+        log.info("reloaded %s: %s %s (exit layer %d)", path, new.name, new.digest[:12], new.classifier.exit_layer)
         self.publish_status()
         return True
 
@@ -333,7 +343,7 @@ class Service:
             top=[Scored(k, v) for k, v in pred.top(3)],
             unknown=pred.label == UNKNOWN,
             classifier=model.name,
-            fingerprint=model.classifier.fingerprint.digest,
+            fingerprint=model.digest,
             exit_layer=model.classifier.exit_layer,
             latency_ms=max(0.0, (now - q.end_wall) * 1e3),
         )
@@ -356,7 +366,8 @@ class Service:
     # ---- status and shutdown -----------------------------------------------------------------
     def status(self) -> StatusEvent:
         streams = self.streams.statuses({s.cfg.id: s.reconnects for s in self.sources})
-        clf = self.model.classifier
+        model = self.model
+        clf = model.classifier
         with self.status_lock:  # heartbeats and reloads publish from different threads
             seq = self.status_seq
             self.status_seq += 1
@@ -366,8 +377,8 @@ class Service:
             time_utc=utc_iso(time.time()),
             uptime_s=round(time.monotonic() - self.started, 3),
             queue_depth=len(self.queue),
-            classifier=self.model.name,
-            fingerprint=clf.fingerprint.digest,
+            classifier=model.name,
+            fingerprint=model.digest,
             exit_layer=clf.exit_layer,
             streams=streams,
             error=self.fatal or self.error,
@@ -447,6 +458,17 @@ class Service:
         if self.page is not None:  # after the last status, which the page shows too
             self.page.close()
         return [t.name for t in [self.worker, *threads] if t.is_alive()]
+
+
+def _load_classifier(path: str, tries: int = 3) -> tuple[CalmClassifier, str]:
+    """The classifier in a file and the file's sha256, both of one and the same file: a file replaced between
+    the hash and the load (the page installs by rename) is read again."""
+    for _ in range(tries):
+        before = file_sha256(path)
+        clf = CalmClassifier.load(path)
+        if file_sha256(path) == before:
+            return clf, before
+    raise CalmError(f"{path}: replaced while being read, {tries} times in a row; send SIGHUP again")
 
 
 def _join(thread: threading.Thread, timeout: float) -> None:

@@ -160,7 +160,9 @@ function renderStream(stream, status, history) {
 function render() {
   const status = model.status;
   document.getElementById("instance").textContent = status ? status.instance : "";
-  document.getElementById("classifier").textContent = status ? `classifier ${status.classifier}` : "";
+  const classifier = document.getElementById("classifier");
+  classifier.textContent = status ? `classifier ${status.classifier} · ${String(status.fingerprint).slice(0, 12)}` : "";
+  classifier.title = status ? `classifier file sha256 ${status.fingerprint}` : "";
   const statuses = (status && status.streams) || {};
   const ids = [...new Set([...Object.keys(statuses), ...model.labels.keys()])].sort();
   for (const [stream, c] of cards) {

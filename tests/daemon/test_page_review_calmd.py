@@ -22,7 +22,7 @@ import soundfile as sf
 from calm_core.fingerprint import file_sha256
 from calm_core.testing import voiced
 from calmd.client import Subscriber
-from calmd.events import LabelEvent
+from calmd.events import LabelEvent, StatusEvent
 from calmd.page.auth import hash_password
 
 from .conftest import ENV, Daemon, endpoint_of, free_port, page_login, page_request, wait_for, write_config
@@ -49,6 +49,7 @@ class Calmd:
     live: Path  # model.classifier
     review_dir: Path
     clips: Path
+    config: Path
 
     def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
                 raw: bytes | None = None) -> tuple[int, dict[str, str], bytes]:  # fmt: skip
@@ -69,9 +70,9 @@ def slot(start_s: float) -> int:
     return int((start_s % LOOP_S) // SLOT_S)
 
 
-@pytest.fixture(scope="module")
-def calmd(tmp_path_factory, tiny_model_dir: Path, tone_sets: dict[str, Path]) -> Iterator[Calmd]:
-    root = tmp_path_factory.mktemp("review")
+def start_calmd(root: Path, tiny_model_dir: Path, tone_sets: dict[str, Path], env: dict[str, str] | None = None
+                ) -> Calmd:  # fmt: skip
+    """A calmd with its page, clips and review under root, serving a classifier fitted there; up when returned."""
     live = root / "live.calm.safetensors"
     # Heads of layer 0 only: the refit cannot need a layer calmd has not loaded, so a reload (not a restart) does.
     subprocess.run(
@@ -96,14 +97,31 @@ def calmd(tmp_path_factory, tiny_model_dir: Path, tone_sets: dict[str, Path]) ->
         f'[[streams]]\nid = "room"\ntype = "file"\npath = "{root / "sounds.wav"}"\nloop = true\nrealtime = true\n',
         extra,
     )  # fmt: skip
-    daemon = Daemon(config)
-    c = Calmd(daemon, port, endpoint_of(config), live, root / "live.review", clips)
+    c = Calmd(Daemon(config, env=env), port, endpoint_of(config), live, root / "live.review", clips, config)
+    restart(c, env)
+    return c
+
+
+def restart(c: Calmd, env: dict[str, str] | None = None) -> None:
+    """Start calmd again (when it has stopped) and wait until its page serves the review."""
+    if c.daemon.proc.poll() is not None:
+        c.daemon = Daemon(c.config, env=env)
+    daemon = c.daemon
     try:
         assert wait_for(lambda: _up(c) or daemon.proc.poll() is not None, PAGE_WAIT_S), daemon.log()[-3000:]
         assert daemon.proc.poll() is None, daemon.log()[-3000:]
+    except AssertionError:
+        daemon.stop()
+        raise
+
+
+@pytest.fixture(scope="module")
+def calmd(tmp_path_factory, tiny_model_dir: Path, tone_sets: dict[str, Path]) -> Iterator[Calmd]:
+    c = start_calmd(tmp_path_factory.mktemp("review"), tiny_model_dir, tone_sets)
+    try:
         yield c
     finally:
-        code, log = daemon.stop()
+        code, log = c.daemon.stop()
     assert code == 0, log[-3000:]
     assert "still running at exit" not in log
 
@@ -242,6 +260,12 @@ def test_in_chromium_a_detection_relabelled_as_a_new_class_is_applied_and_undone
         taught = lambda e: isinstance(e, LabelEvent) and slot(e.start_s) in (0, 1)  # noqa: E731
         heard = next_matching(sub, lambda e: taught(e) and e.label == NEW_CLASS, PAGE_WAIT_S)
         assert heard is not None, calmd.daemon.log()[-3000:]
+        v2 = (calmd.review_dir / "versions/live-v2.calm.safetensors", "live-v2")
+        assert (heard.classifier, heard.fingerprint) == (v2[1], file_sha256(v2[0]))  # who labelled it
+        status = next_matching(sub, lambda e: isinstance(e, StatusEvent), PAGE_WAIT_S)
+        assert status is not None and (status.classifier, status.fingerprint) == (v2[1], file_sha256(v2[0]))
+        header = f"classifier live-v2 · {file_sha256(v2[0])[:12]}"
+        assert shown(browser, "return document.getElementById('classifier').textContent === arguments[0]", header)
         screenshot(browser, tmp_path / "review-after-apply.png", record_property)
 
         click(browser, "#undo")
@@ -252,6 +276,7 @@ def test_in_chromium_a_detection_relabelled_as_a_new_class_is_applied_and_undone
         assert (calmd.review_dir / "versions/live-v2.calm.safetensors").is_file()  # every version is kept
         back = next_matching(sub, lambda e: taught(e) and e.label != NEW_CLASS, PAGE_WAIT_S)
         assert back is not None, calmd.daemon.log()[-3000:]
+        assert (back.classifier, back.fingerprint) == ("live-v1", original)
         assert NEW_CLASS not in {s.label for s in back.top}
         detected = {slot(d["start_s"]): d["label"] for d in two}
         assert back.label == detected[slot(back.start_s)]  # the label it had before

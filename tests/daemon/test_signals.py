@@ -10,7 +10,7 @@ import torch
 
 from calm_core.classifier import CalmClassifier, CalmConfig
 from calm_core.features import FeatureStore
-from calm_core.fingerprint import Fingerprint
+from calm_core.fingerprint import Fingerprint, file_sha256
 from calm_core.testing import voiced
 from calmd.client import Subscriber
 from calmd.events import LabelEvent, StatusEvent
@@ -70,7 +70,7 @@ def test_sighup_refuses_bad_files_and_swaps_in_good_ones(
             status = next_matching(sub, lambda e, r=reason: isinstance(e, StatusEvent) and r in (e.error or ""), 60)
             assert status is not None and status.error.startswith("reload refused"), daemon.stop()[1][-3000:]
             label = next_matching(sub, is_label, 60)
-            assert label is not None and label.fingerprint == original.fingerprint.digest
+            assert label is not None and label.fingerprint == file_sha256(classifier_file)
             assert label.exit_layer == original.exit_layer  # the old classifier is still serving
 
         shutil.copy(shallow, live)
@@ -79,6 +79,7 @@ def test_sighup_refuses_bad_files_and_swaps_in_good_ones(
         status = next_matching(sub, lambda e: isinstance(e, StatusEvent), 30)
         code, log = daemon.stop()
     assert swapped is not None, log
+    assert swapped.fingerprint == file_sha256(shallow)  # the file it serves now, not the features it reads
     assert status is not None and status.error is None and status.streams["room"].state == "live"
     assert code == 0
 
