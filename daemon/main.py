@@ -12,14 +12,12 @@ import os
 import signal
 import sys
 import threading
+from importlib import metadata
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
-from calm_core.errors import CalmError
-
-from .config import load_config
-from .metrics import Metrics
-from .notify import Notifier
+# Nothing here imports calm_core, torch or pydantic: main() handles SIGTERM before those load (seconds).
 
 log = logging.getLogger("calmd")
 
@@ -59,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-metrics", action="store_true", help="do not serve Prometheus metrics")
     p.add_argument("--exit-when-done", action="store_true", help="exit once every file/stdin stream has ended")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--version", action="version", version=f"%(prog)s {metadata.version('calm-audio')}")
     return p
 
 
@@ -120,12 +119,38 @@ class ReloadGate:
             self.cond.notify_all()
 
 
+class StoppedStarting(BaseException):
+    """SIGTERM or SIGINT before the pipeline runs (a BaseException, so that no handler on the way swallows it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+
+
+def stop_while_starting() -> None:
+    """Until the pipeline runs, SIGTERM and SIGINT end calmd at once: loading the model can take minutes, and
+    as a container's PID 1 calmd would ignore a signal it had no handler for (the default action does not
+    apply to PID 1), leaving `podman stop` to wait out its grace period and SIGKILL it."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the exit itself short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise StoppedStarting(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until run() has its reload gate: the file is not read yet
+
+
 def run(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .metrics import Metrics
+    from .notify import Notifier
     from .review import Review
     from .service import Service
 
     stop = threading.Event()
     reloads = ReloadGate()
+    signal.signal(signal.SIGHUP, lambda *_: reloads.request())  # taken once the main loop runs
     cfg = load_config(args.config, overrides(args))
     notifier = Notifier()
     metrics = Metrics()
@@ -147,9 +172,9 @@ def run(args: argparse.Namespace) -> int:
         service.model.classifier.exit_layer, service.model.classifier.layout.n_layers,
     )  # fmt: skip
 
+    # From here on a stop is an orderly one: the pipeline drains and the last status leaves.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: reloads.request())
     service.start()
     if service.page is not None and review is not None:
         service.page.attach_review(review)
@@ -228,12 +253,22 @@ def main(argv: list[str] | None = None) -> int:
         return hash_password_command()
     if args.config is None:
         parser.error("the following arguments are required: --config")
+    stop_while_starting()
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        return run(args)
-    except (CalmError, OSError, ValueError) as e:
-        log.error("%s", e)
-        return EXIT_START
+        from calm_core.errors import CalmError
+
+        try:
+            return run(args)
+        except (CalmError, OSError, ValueError) as e:
+            log.error("%s", e)
+            return EXIT_START
+    except StoppedStarting as e:
+        # Nothing runs yet (no stream, no page), but a half-built model or socket may hold threads: skip the
+        # interpreter's teardown.
+        log.info("stopped by %s while starting", e)
+        exit_now(EXIT_OK)
+        return EXIT_OK
 
 
 if __name__ == "__main__":

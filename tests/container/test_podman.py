@@ -224,12 +224,25 @@ def calmd(image: str, podman_options: list[str], volumes: dict[str, Path]) -> It
         "--volume", f"{volumes['audio']}:/audio:ro",
         image,
     )  # fmt: skip
+    running = Running(name, f"tcp://127.0.0.1:{zmq_port}", f"http://127.0.0.1:{page_port}")
     try:
-        yield Running(name, f"tcp://127.0.0.1:{zmq_port}", f"http://127.0.0.1:{page_port}")
+        # Ready (model and classifier loaded, page up) before any test: each test then holds on its own,
+        # whichever of them runs first or alone.
+        assert wait_for(lambda: serving(running.page) or state(name, ".State.Running") != "true", TIMEOUT_S, 1.0)
+        assert serving(running.page), f"calmd in the container never served its page: {logs(name)}"
+        yield running
     finally:
         log = logs(name)
         podman("rm", "--force", "--volumes", name, check=False, timeout=180)
         print(f"calmd's log in the container:\n{log}")
+
+
+def serving(page: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{page}/healthz", timeout=5) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
 
 
 def logs(name: str) -> str:
@@ -326,6 +339,48 @@ def test_calm_mqtt_from_the_image_bridges_calmd_to_mosquitto(
 def test_calmd_container_stops_cleanly_on_sigterm(calmd: Running):
     podman("stop", "--time", "60", calmd.name, timeout=120)
     assert state(calmd.name, ".State.ExitCode") == "0", logs(calmd.name)
+
+
+# calmd's model load, made slow: the start-up a container may be stopped in.
+SLOW_LOAD = """
+import time
+import calm_core.backbones as backbones
+
+def load_backbone(*args, **kwargs):
+    print("test: loading the model (slowly)", flush=True)
+    time.sleep(600)
+
+backbones.load_backbone = load_backbone
+"""
+
+
+def test_calmd_container_stopped_while_starting_exits_0_within_seconds(
+    image: str, podman_options: list[str], volumes: dict[str, Path], tmp_path: Path
+):
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(SLOW_LOAD)
+    site = readable(tmp_path / "site")
+    name = f"calm-start-test-{os.getpid()}"
+    podman(
+        "run", "--detach", "--name", name, *podman_options, "--env", "PYTHONPATH=/test-site",
+        "--volume", f"{site}:/test-site:ro",
+        "--volume", f"{volumes['config']}:/etc/calm:ro",
+        "--volume", f"{volumes['model']}:/models/tiny:ro",
+        "--volume", f"{volumes['classifiers']}:/var/lib/calm/classifiers:ro",
+        "--volume", f"{volumes['audio']}:/audio:ro",
+        image,
+    )  # fmt: skip
+    try:
+        loading = lambda: "loading the model (slowly)" in logs(name) or state(name, ".State.Running") != "true"  # noqa: E731
+        assert wait_for(loading, TIMEOUT_S, 0.5), logs(name)
+        t = time.monotonic()
+        podman("stop", "--time", "60", name, timeout=120)
+        elapsed = time.monotonic() - t
+        assert state(name, ".State.ExitCode") == "0", logs(name)
+        assert "stopped by SIGTERM while starting" in logs(name)
+        assert elapsed < 30, f"podman stop took {elapsed:.0f} s: calmd ignored SIGTERM while starting"
+    finally:
+        podman("rm", "--force", "--volumes", name, check=False, timeout=180)
 
 
 def test_container_configs_name_the_image_volumes():

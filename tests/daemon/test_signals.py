@@ -1,11 +1,13 @@
 """SIGHUP reloads (or refuses) the classifier without dropping streams; SIGTERM exits cleanly within the bound."""
 
+import os
 import re
 import shutil
 import signal
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from calm_core.classifier import CalmClassifier, CalmConfig
@@ -231,3 +233,42 @@ def test_sigterm_in_a_forward_that_outlasts_the_grace_exits_3_after_the_last_sta
     published = len(re.findall(r"^DEBUG calmd: room [0-9.]+-[0-9.]+ s: ", log, re.M))
     assert published >= 1 and room.segments == published + room.dropped + room.failed + room.unclassified
     assert elapsed < drain_s + grace_s + THREAD_STOP_S + 60  # it did not wait for the endless forward
+
+
+# calmd's model load, made slow: the start-up a signal must be able to cut short.
+SLOW_LOAD = """
+import time
+import calm_core.backbones as backbones
+
+def load_backbone(*args, **kwargs):
+    print("test: loading the model (slowly)", flush=True)
+    time.sleep(600)
+
+backbones.load_backbone = load_backbone
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_the_model_loads_exits_0_within_seconds(
+    tmp_path: Path, tiny_model_dir, classifier_file, scene_wav, daemon_factory, signum: signal.Signals
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SLOW_LOAD)
+    env = {"PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    config = write_config(
+        tmp_path / "calmd.toml", tiny_model_dir, classifier_file,
+        f'[[streams]]\nid = "room"\ntype = "file"\npath = "{scene_wav}"\nloop = true\n',
+    )  # fmt: skip
+    daemon = daemon_factory(config, env=env)
+    loading = lambda: "loading the model (slowly)" in daemon.log() or daemon.proc.poll() is not None  # noqa: E731
+    assert wait_for(loading, 180), daemon.log()[-3000:]
+    assert daemon.proc.poll() is None, daemon.log()[-3000:]
+    t = time.monotonic()
+    daemon.proc.send_signal(signum)
+    daemon.proc.wait(timeout=60)  # bounds a hang only
+    elapsed = time.monotonic() - t
+    code, log = daemon.stop()
+    assert code == 0, log[-3000:]
+    assert f"stopped by {signum.name} while starting" in log
+    assert elapsed < 10, f"exited {elapsed:.1f} s after {signum.name}"
