@@ -197,6 +197,8 @@ def run(args: argparse.Namespace) -> int:
             log.info("every stream has ended; exiting")
             break
     notifier.stopping()
+    if review is not None:  # before the reloads end: a job waiting for one then knows why it never came
+        review.interrupt()
     reloads.close()
     stuck = service.stop()
     metrics.close()

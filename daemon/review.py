@@ -77,7 +77,7 @@ class Version:
 @dataclass
 class Job:
     action: str  # apply | undo
-    state: str = "running"  # running | done | failed
+    state: str = "running"  # running | done | failed | interrupted (calmd stopped)
     message: str = ""
     classifier: str | None = None
     started_utc: str = field(default_factory=lambda: utc_iso(time.time()))
@@ -124,12 +124,17 @@ class Review:
             self.versions = [Version(**v) for v in data["versions"]]
             self.current = data["current"]
             self.verdicts = {k: Verdict(**v) for k, v in data["verdicts"].items()}
+            self.job = Job(**data["job"]) if data.get("job") else None
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{path}: not a review state calmd can read ({e}); move it away to start afresh") from e
+        if self.job is not None and self.job.state == "running":  # calmd was killed while it ran
+            self.job.state = "interrupted"
+            self.job.message = f"{self.job.action} interrupted: calmd ended before it finished; nothing changed"
 
     def _save(self) -> None:
         data = {"versions": [asdict(v) for v in self.versions], "current": self.current,
-                "verdicts": {k: asdict(v) for k, v in self.verdicts.items()}}  # fmt: skip
+                "verdicts": {k: asdict(v) for k, v in self.verdicts.items()},
+                "job": asdict(self.job) if self.job else None}  # fmt: skip
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / ".state.json.tmp"
         tmp.write_text(json.dumps(data, indent=1) + "\n")
@@ -283,6 +288,7 @@ class Review:
             if self.closed:
                 raise Refused(503, "calmd is stopping")
             job = self.job = Job(action)
+            self._save()
             self.thread = threading.Thread(target=self._run, args=(job, run, who), name=f"review-{action}", daemon=True)
             self.thread.start()
             return asdict(job)
@@ -291,6 +297,8 @@ class Review:
         try:
             job.message, job.classifier = run()
             job.state = "done"
+        except Interrupted as e:
+            job.message, job.state = f"{job.action} {e}", "interrupted"
         except (Refused, OSError, ValueError, subprocess.SubprocessError) as e:
             job.message, job.state = str(e), "failed"
         finally:  # anything else: the thread's traceback is in the log, and the next job may start
@@ -300,6 +308,7 @@ class Review:
         log.log(logging.INFO if job.state == "done" else logging.WARNING, "review %s %s: %s", job.action, job.state,
                 job.message)  # fmt: skip
         with self.lock:
+            self._save()  # the job's end too: a page opened after a restart still says how it ended
             self._journal(who, job.action, state=job.state, message=job.message, classifier=job.classifier)
 
     def _apply(self) -> tuple[str, str | None]:
@@ -325,18 +334,24 @@ class Review:
         version = self._new_version("", base.name, "")
         version.taught = {c: lab for lab, clips in plan.items() for c in clips}
         out = self.dir / version.file
-        summary = self._refit(copies, out)
-        version.sha256 = file_sha256(out)
-        version.note = "; ".join(f"{c}: {summary_counts(summary, c)}" for c in plan)
-        with self.lock:
-            self.installing = version  # what calmd names the file it reloads
         try:
+            summary = self._refit(copies, out)
+            version.sha256 = file_sha256(out)
+            version.note = "; ".join(f"{c}: {summary_counts(summary, c)}" for c in plan)
+            with self.lock:
+                self.installing = version  # what calmd names the file it reloads
             install(out, self.live)
-            if not self.reload(RELOAD_TIMEOUT_S):
+            taken = self.reload(RELOAD_TIMEOUT_S)
+            if not taken:
                 install(self.dir / base.file, self.live)  # calmd still serves base: the file says so again
+                if taken is None and self.closed:
+                    raise Interrupted()
                 error = self.serving().get("error") or "no reload within the time allowed"
                 raise Refused(409, f"calmd did not take {version.name} ({error}); it still serves {base.name}, "
                                    f"and {out} is kept")  # fmt: skip
+        except Interrupted:
+            _remove_version_file(out)  # nothing refers to it: the number is free again
+            raise
         finally:
             with self.lock:
                 self.installing = None
@@ -356,8 +371,11 @@ class Review:
             if parent is None:
                 raise Refused(409, f"nothing to undo: {current.name} is the first classifier the page knows")
         install(self.dir / parent.file, self.live)
-        if not self.reload(RELOAD_TIMEOUT_S):
+        taken = self.reload(RELOAD_TIMEOUT_S)
+        if not taken:
             install(self.dir / current.file, self.live)
+            if taken is None and self.closed:
+                raise Interrupted()
             raise Refused(409, f"calmd did not take {parent.name} back ({self.serving().get('error')}); "
                                f"it still serves {current.name}")  # fmt: skip
         with self.lock:
@@ -388,7 +406,8 @@ class Review:
     def _new_version(self, digest: str, parent: str | None, note: str) -> Version:
         """The next version's record, numbered after every one made so far (an undone or refused one keeps its
         number and its file)."""
-        made = [v.name for v in self.versions] + [f.name.split(".")[0] for f in (self.dir / "versions").glob("*")]
+        kept = (self.dir / "versions").glob("*.calm.safetensors")  # not a temporary file a stopped refit left
+        made = [v.name for v in self.versions] + [f.name.split(".")[0] for f in kept]
         n = 1 + max((int(m.rsplit("-v", 1)[1]) for m in made if m.rsplit("-v", 1)[-1].isdigit()), default=0)
         name = f"{self.stem}-v{n}"
         return Version(name, f"versions/{name}.calm.safetensors", digest, parent, utc_iso(time.time()), note=note)
@@ -432,20 +451,41 @@ class Review:
         except subprocess.TimeoutExpired:
             self.child.kill()
             self.child.communicate()
+            _remove_version_file(out)
             raise Refused(504, f"the refit took longer than {REFIT_TIMEOUT_S:.0f} s and was stopped") from None
         finally:
             plan_file.unlink(missing_ok=True)
+        if self.closed:  # close() stopped the child, or calmd began to stop while it ran
+            raise Interrupted()
         if self.child.returncode != 0:
             lines = [line for line in stderr.strip().splitlines() if line.strip()]
             raise Refused(409, f"the refit refused: {lines[-1] if lines else f'exit {self.child.returncode}'}")
         return dict(json.loads(stdout))
 
-    def close(self) -> None:
-        """calmd is stopping: end a refit in progress and wait (bounded) for its thread."""
+    def interrupt(self) -> None:
+        """calmd is stopping: start no job, end a refit in progress; the job's thread ends as Interrupted."""
         with self.lock:
             self.closed = True
-            child, thread = self.child, self.thread
+            child = self.child
         if child is not None and child.poll() is None:
             child.kill()
+
+    def close(self) -> None:
+        """After interrupt() and the end of calmd's reloads: wait (bounded) for the job's thread."""
+        self.interrupt()
+        thread = self.thread
         if thread is not None:
             thread.join(CLOSE_JOIN_S)
+
+
+class Interrupted(Refused):
+    """Apply or Undo stopped because calmd is stopping: the classifier file and the versions are as before."""
+
+    def __init__(self) -> None:
+        super().__init__(503, "interrupted by shutdown: nothing changed; start it again once calmd runs")
+
+
+def _remove_version_file(out: Path) -> None:
+    """A version file no version refers to, and the temporary files a stopped writer left beside it."""
+    for path in (out, *out.parent.glob(f"{out.name}.*.tmp")):
+        path.unlink(missing_ok=True)

@@ -243,7 +243,7 @@ function connect() {
 
 // ---- the review: verdicts on saved detections, Apply and Undo (writes need a login) -------------------
 const session = { writes: "disabled", loggedIn: false, csrf: null };
-const review = { state: null, cards: new Map() }; // clip path -> its card's elements
+const review = { state: null, cards: new Map(), offline: false }; // clip path -> its card's elements
 const VERDICT_TEXT = { right: "right", wrong: "wrong (recorded)", relabel: "this is", new: "new class" };
 
 async function getJson(path) {
@@ -321,15 +321,20 @@ document.getElementById("logout").addEventListener("click", async () => {
 let reviewTimer = null;
 async function loadReview() {
   clearTimeout(reviewTimer);
+  const wasOffline = review.offline;
   try {
     review.state = await getJson("/api/review");
+    review.offline = false;
   } catch (error) {
-    note(`review: ${error.message}`, true);
+    // calmd stopped or restarted: what it said last (a job running, say) no longer holds
+    review.offline = error instanceof TypeError;
+    if (!review.offline) note(`review: ${error.message}`, true);
   }
+  if (wasOffline && !review.offline) await loadSession(); // a restarted calmd has forgotten every session
   renderReview();
   const running = review.state && review.state.job && review.state.job.state === "running";
   const unpictured = review.state && (review.state.detections || []).some((d) => !d.picture);
-  reviewTimer = setTimeout(loadReview, running ? 1000 : unpictured ? 3000 : 15000);
+  reviewTimer = setTimeout(loadReview, review.offline ? 2000 : running ? 1000 : unpictured ? 3000 : 15000);
 }
 
 async function send(clip, verdict, label) {
@@ -430,11 +435,17 @@ function renderReview() {
     (pending.length ? `pending: ${pending.join(", ")}` : "nothing pending") +
     (waiting.length ? ` · new classes need ${s.min_clips} clips: ${waiting.join(", ")}` : "");
   const running = s.job && s.job.state === "running";
-  document.getElementById("apply").disabled = !session.loggedIn || running || pending.length === 0;
-  document.getElementById("undo").disabled = !session.loggedIn || running || !s.undo_to;
+  const blocked = !session.loggedIn || running || review.offline;
+  document.getElementById("apply").disabled = blocked || pending.length === 0;
+  document.getElementById("undo").disabled = blocked || !s.undo_to;
   const jobNode = document.getElementById("review-job");
-  jobNode.textContent = s.job ? `${s.job.action}: ${s.job.state}${s.job.message ? ` · ${s.job.message}` : ""}` : "";
-  jobNode.className = `job ${s.job ? `job-${s.job.state}` : ""}`;
+  if (review.offline) {
+    jobNode.textContent = "calmd is not reachable: retrying" + (running ? ` (its ${s.job.action} was running)` : "");
+    jobNode.className = "job job-offline";
+  } else {
+    jobNode.textContent = s.job ? `${s.job.action}: ${s.job.state}${s.job.message ? ` · ${s.job.message}` : ""}` : "";
+    jobNode.className = `job ${s.job ? `job-${s.job.state}` : ""}`;
+  }
   jobNode.dataset.classifier = (s.job && s.job.classifier) || "";
   const detections = s.detections || [];
   const shown = new Set(detections.map((d) => d.clip));
