@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--curve-client-cert", type=Path, help="CURVE: the proxy's certificate (with secret key)")
     p.add_argument("--curve-server-key", type=Path, help="CURVE: the calmd's public certificate")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--version", action="version", version=f"%(prog)s {metadata.version('calm-audio')}")
     return p
 
 

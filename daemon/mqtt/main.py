@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-discovery", action="store_true", help="publish no Home Assistant discovery configs")
     p.add_argument("--qos", type=int, help="QoS of events and call verdicts (0, 1 or 2; default 1)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--version", action="version", version=f"%(prog)s {metadata.version('calm-audio')}")
     return p
 
 
