@@ -229,7 +229,10 @@ function connect() {
     if (event.kind === "end" && event.clip) loadReview(); // a new saved detection to review
   });
   on("call", addCall);
-  source.onopen = () => setConnection("live", "live");
+  source.onopen = () => {
+    setConnection("live", "live");
+    loadSession(); // on every (re)connection: a restarted calmd holds no session from before
+  };
   source.onerror = () => {
     if (source.readyState === EventSource.CLOSED) {
       // Refused (e.g. 503: page.max_clients browsers already watching): EventSource gives up, so try later.
@@ -261,7 +264,13 @@ async function write(path, body) {
     body: JSON.stringify(body || {}),
   });
   const text = await response.text();
-  if (!response.ok) throw new Error(`${response.status}: ${text.trim()}`);
+  if (!response.ok) {
+    const error = new Error(`${response.status}: ${text.trim()}`);
+    error.status = response.status;
+    error.retryAfter = Number(response.headers.get("Retry-After")) || 0;
+    if (response.status === 403 && session.loggedIn && path !== "/api/login") loadSession(); // calmd forgot it
+    throw error;
+  }
   return JSON.parse(text);
 }
 
@@ -289,22 +298,52 @@ function renderSession() {
   const enabled = session.writes === "enabled";
   document.getElementById("login-form").hidden = !enabled || session.loggedIn;
   document.getElementById("logout").hidden = !session.loggedIn;
+  const wasLoggedIn = state.textContent === "logged in";
   state.textContent = !enabled ? "read-only" : session.loggedIn ? "logged in" : "";
+  if (wasLoggedIn && !session.loggedIn) loginError("your session has ended (calmd restarted?): log in again");
   state.title = session.why || "";
   renderReview();
+}
+
+// Login feedback stays next to the form: a wrong password, or the lockout with its countdown.
+let lockTimer = null;
+function loginError(text) {
+  document.getElementById("login-error").textContent = text;
+}
+function lockedOut(seconds) {
+  const button = document.getElementById("login");
+  clearInterval(lockTimer);
+  let left = Math.max(1, Math.ceil(seconds));
+  const tick = () => {
+    if (left <= 0) {
+      clearInterval(lockTimer);
+      button.disabled = false;
+      loginError("");
+      return;
+    }
+    button.disabled = true;
+    loginError(`too many failed logins: try again in ${left} s`);
+    left -= 1;
+  };
+  tick();
+  lockTimer = setInterval(tick, 1000);
 }
 
 document.getElementById("login-form").addEventListener("submit", async (e) => {
   e.preventDefault();
   const input = document.getElementById("password");
+  const password = input.value;
+  input.value = ""; // never left in the page, whatever the answer
   try {
-    const reply = await write("/api/login", { password: input.value });
+    const reply = await write("/api/login", { password });
     session.loggedIn = true;
     session.csrf = reply.csrf;
-    input.value = "";
-    note("logged in", false);
+    loginError("");
   } catch (error) {
-    note(`login: ${error.message}`, true);
+    if (error.status === 429) lockedOut(error.retryAfter || 10);
+    else if (error.status === 401) loginError("wrong password");
+    else loginError(error instanceof TypeError ? "calmd is not reachable" : error.message);
+    input.focus();
   }
   renderSession();
 });
@@ -316,6 +355,7 @@ document.getElementById("logout").addEventListener("click", async () => {
     note(`logout: ${error.message}`, true);
   }
   await loadSession();
+  loginError(""); // ended on purpose
 });
 
 let reviewTimer = null;

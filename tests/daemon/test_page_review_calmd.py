@@ -296,3 +296,44 @@ def test_login_attempts_are_limited_per_address_with_429_and_retry_after(calmd: 
     deadline = time.monotonic() + wait + 0.2  # what the server said, no guess
     assert wait_for(lambda: time.monotonic() >= deadline, wait + 5)
     assert calmd.request("POST", "/api/login", {"password": PASSWORD})[0] == 200
+
+
+LOGIN_ERROR = "return document.getElementById('login-error').textContent"
+
+
+def test_in_chromium_login_feedback_is_next_to_the_form_and_the_password_is_cleared(
+    calmd: Calmd,
+    browser: Any,  # noqa: F811
+    tmp_path: Path,
+    record_property: Any,
+) -> None:
+    browser.get(f"http://127.0.0.1:{calmd.port}/")
+    session_known = "return !document.getElementById('login-form').hidden || !document.getElementById('logout').hidden"
+    assert shown(browser, session_known)
+    browser.execute_script("document.getElementById('logout').hidden || document.getElementById('logout').click()")
+    assert shown(browser, "return !document.getElementById('login-form').hidden")
+
+    def try_password(password: str, expected: str) -> str:
+        browser.execute_script("document.getElementById('login-error').textContent = ''")
+        browser.execute_script("document.getElementById('password').value = arguments[0]", password)
+        browser.execute_script("document.getElementById('login').click()")
+        said = shown(browser, LOGIN_ERROR + ".startsWith(arguments[0]) && " + LOGIN_ERROR.removeprefix("return "),
+                     expected)  # fmt: skip
+        assert said, browser.execute_script(LOGIN_ERROR)
+        assert browser.execute_script("return document.getElementById('password').value") == ""
+        return str(said)
+
+    for _ in range(MAX_FAILURES):
+        try_password("guess", "wrong password")
+    screenshot(browser, tmp_path / "login-wrong-password.png", record_property)
+    locked = try_password(PASSWORD, "too many failed logins: try again in ")
+    wait = int(locked.rsplit(" ", 2)[1])
+    assert 1 <= wait <= WINDOW_S
+    assert browser.execute_script("return document.getElementById('login').disabled")
+    screenshot(browser, tmp_path / "login-locked-out.png", record_property)
+    # the button comes back when the wait is over, and the right password then logs in
+    assert shown(browser, "return !document.getElementById('login').disabled")
+    browser.execute_script("document.getElementById('password').value = arguments[0]", PASSWORD)
+    browser.execute_script("document.getElementById('login').click()")
+    assert shown(browser, "return document.getElementById('auth-state').textContent === 'logged in'")
+    assert browser.execute_script(LOGIN_ERROR) == ""

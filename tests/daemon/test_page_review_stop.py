@@ -95,6 +95,12 @@ def test_sigterm_during_apply_leaves_no_orphan_version_and_an_honest_journal(
         restart(c)  # without the slow save
         done = shown(browser, JOB.replace("(done|failed)", "(done|failed|interrupted)"), "apply")
         assert done is not None and "job-interrupted" in done[0] and "interrupted by shutdown" in done[1], done
+        # the restarted calmd holds no session: the page asks for a login instead of offering Log out
+        assert shown(browser, "return !document.getElementById('login-form').hidden")
+        assert browser.execute_script("return document.getElementById('logout').hidden")
+        assert "session has ended" in browser.execute_script(
+            "return document.getElementById('login-error').textContent"
+        )
         screenshot(browser, tmp_path / "apply-interrupted-after-restart.png", record_property)
         cookie, csrf = c.login()
         assert c.request("POST", "/api/review/apply", {}, {"Cookie": cookie, "X-CSRF-Token": csrf})[0] == 202
