@@ -7,6 +7,8 @@ A family's file supplies its model class, its prompt tokens and its audio tokens
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +24,8 @@ from .decoder import PromptDecoder
 
 # Modules kept in the compute dtype under NF4: the audio encoder and the projector into the decoder.
 AUDIO_MODULES = ("audio_tower", "multi_modal_projector")
+# A decoder layer's weights, under the released names (language_model.model.layers.N) or transformers 5's.
+_DECODER_LAYER_KEY = re.compile(r"language_model\.(?:model\.)?layers\.(\d+)\.")
 
 
 @contextmanager
@@ -59,6 +63,42 @@ def truncate_layers(text_config: Any, n_layers: int, load_layers: int | None) ->
     if getattr(text_config, "layer_types", None):
         text_config.layer_types = text_config.layer_types[:kept]
     return kept
+
+
+def stored_decoder_layers(model_dir: Path) -> int | None:
+    """How many decoder layers, from layer 0 on, the folder's weights hold (from the shard index, or the
+    single file's header); None where no weight name looks like a decoder layer's."""
+    from safetensors import safe_open
+
+    index, single = model_dir / "model.safetensors.index.json", model_dir / "model.safetensors"
+    try:
+        if index.is_file():
+            names = list(json.loads(index.read_text())["weight_map"])
+        elif single.is_file():
+            with safe_open(str(single), framework="pt") as f:
+                names = list(f.keys())
+        else:
+            return None
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelLoadError(f"{model_dir}: unreadable weight index ({e})") from e
+    layers = {int(m.group(1)) for name in names if (m := _DECODER_LAYER_KEY.search(name))}
+    if not layers:
+        return None
+    n = 0
+    while n in layers:
+        n += 1
+    return n
+
+
+def check_stored_layers(model_dir: Path, kept: int, n_layers: int) -> None:
+    """Refuse to build decoder layers the folder has no weights for: transformers would fill them with random
+    values without a word. A folder written for an early exit (bench/realsize.py) holds only layers 0..exit."""
+    stored = stored_decoder_layers(model_dir)
+    if stored is not None and stored < kept:
+        raise ModelLoadError(
+            f"{model_dir}: holds decoder layers 0..{stored - 1} of {n_layers}, but {kept} were to be loaded; "
+            f"load at most {stored} (e.g. calm fit --max-layer {stored - 1})"
+        )
 
 
 def default_precision(options: LoadOptions, device: torch.device) -> str:
@@ -106,6 +146,7 @@ class AudioLMBackbone:
             raise ModelLoadError(f"{self.model_dir}: unreadable {self.title} config.json ({e})") from e
         self.layout = text_layout(config.text_config)
         self.loaded_layers = truncate_layers(config.text_config, self.layout.n_layers, options.load_layers)
+        check_stored_layers(self.model_dir, self.loaded_layers, self.layout.n_layers)
         self.precision = default_precision(options, self.device)
         self.load_parts(config)
         self.audio_token_id = int(config.audio_token_id)

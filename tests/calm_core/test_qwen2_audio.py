@@ -156,3 +156,18 @@ def test_cuda_requested_without_cuda_is_a_clear_error(tiny_model_dir: Path, mode
 
     with pytest.raises(ModelLoadError, match="CUDA is not available"):
         load_backbone(tiny_model_dir if model == "tiny" else BUNDLED_WHISPER, LoadOptions(device="cuda"))
+
+
+def test_decoder_layers_missing_from_the_weights_are_refused_not_made_up(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    part = tmp_path / "part"
+    shutil.copytree(tiny_model_dir, part)
+    state = load_file(str(part / "model.safetensors"))
+    kept = {k: v for k, v in state.items() if not ("language_model" in k and ".layers.3." in k)}
+    save_file(kept, str(part / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match=r"holds decoder layers 0\.\.2 of 4, but 4 were to be loaded"):
+        load_backbone(part)
+    assert load_backbone(part, LoadOptions(load_layers=3)).loaded_layers == 3
