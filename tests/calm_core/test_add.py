@@ -234,3 +234,23 @@ def test_replacing_in_place_keeps_the_files_mode_and_owner(fitted, tmp_path) -> 
     umask = os.umask(0o022)
     os.umask(umask)
     assert stat.S_IMODE(fresh.stat().st_mode) == 0o666 & ~umask
+
+
+def test_a_new_kind_of_attack_joins_the_positive_group(fitted, backbone, tmp_path) -> None:
+    out, _ = fitted
+    voices = write_voice(tmp_path / "voice", (140.0, 150.0, 160.0))
+    added = tmp_path / "voice.calm.safetensors"
+    proc = calm("add", "--classifier", str(out), "--label", "voice", "--positive", *map(str, voices),
+                "--out", str(added))  # fmt: skip
+    assert "detects siren + voice" in proc.stdout
+    clf = CalmClassifier.load(added)
+    assert clf.info["decision"]["positive"] == ["siren", "voice"]
+    assert FitRecord.from_info(clf.info, "x").positive == ("siren", "voice")
+    # the threshold was set again, from leave-one-out scores of the group against the rest
+    assert clf.info["decision"]["n_positive"] == 8 and clf.info["decision"]["scores_from"] == "leave-one-out support"
+
+
+def test_positive_needs_a_detector_and_a_label(fitted, tone_sets, tmp_path) -> None:
+    out, _ = fitted
+    proc = calm("add", "--classifier", str(out), "--positive", check=False)
+    assert proc.returncode == 2 and "--positive puts a class into the positive group: give --label NAME" in proc.stderr

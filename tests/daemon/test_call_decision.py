@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from calm_core.classifier import CalmClassifier
-from calmd.calls import CallAggregator, decision_policy
+from calmd.calls import CallAggregator, decision_policy, segment_log_odds
 from calmd.events import CallEvent, LabelEvent, Scored
 from calmd.metrics import Metrics
 from calmd.sinks import StreamInfo
@@ -71,3 +71,28 @@ def test_call_verdicts_are_decided_at_the_stored_threshold(detector: CalmClassif
         assert final.segments == 2 and final.decision == decision
         assert final.score == pytest.approx(sum(calls[call]) / 2, abs=1e-3)
     assert json.dumps(finals["above"].to_json())  # serialisable as published
+
+
+def test_a_group_policy_scores_the_best_member_against_the_best_outsider() -> None:
+    labels = ["bonafide", "spoof/classic", "neural"]
+    info = {"decision": {"positive": ["spoof", "neural"], "threshold": 0.5}}
+    policy = decision_policy(labels, info, "calls", "f")
+    assert policy.group == ("spoof", "neural") and policy.positive == "spoof+neural"
+    assert (policy.threshold, policy.source) == (0.5, "classifier")
+    # A config naming a different group does not take the stored threshold, which was set for another one.
+    assert decision_policy(labels, info, "calls", "f", positive="neural").source == "default"
+    with pytest.raises(ValueError, match="'robot' is not a class"):
+        decision_policy(labels, info, "calls", "f", positive=["robot"])
+    top = [Scored("bonafide", 0.2), Scored("neural", 0.5), Scored("spoof", 0.1)]
+    event = LabelEvent(
+        stream="s", seq=0, start_s=0, end_s=1, start_utc="", end_utc="", label="neural", best="neural", score=0.5,
+        margin=0.3, top=top, unknown=False, classifier="calls", fingerprint="f", exit_layer=1, latency_ms=1.0,
+    )  # fmt: skip
+    assert segment_log_odds(event, policy.group) == pytest.approx(math.log(0.500001 / 0.200001))
+    assert segment_log_odds(event, ("spoof",)) == pytest.approx(math.log(0.100001 / 0.500001))
+
+
+def test_a_file_from_before_groups_stores_one_name_and_still_decides() -> None:
+    info = {"decision": {"positive": "beep", "threshold": 1.25}}
+    policy = decision_policy(["beep", "hum"], info, "beep", "f")
+    assert (policy.group, policy.threshold, policy.source) == (("beep",), 1.25, "classifier")
