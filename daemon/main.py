@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         clips = cfg.clips.dir if cfg.clips.enabled else None
         model = (cfg.model.path, cfg.model.device)
         serving = lambda: {"name": service.model.name, "fingerprint": service.model.digest,  # noqa: E731
-                           "labels": service.model.classifier.labels, "error": service.error}  # fmt: skip
+                           "labels": service.model.classifier.classes, "error": service.error}  # fmt: skip
         # the page's review reloads through the same gate as SIGHUP
         review = Review(cfg.model.classifier, clips, cfg.page.review_dir, model, serving, reloads.reload_and_wait)
     service = Service(cfg, metrics, version_name=review.version_name if review else None)
@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, port)
     log.info(
         "publishing on %s; classifier %s (%s), exit layer %d of %d",
-        service.publisher.endpoint, service.model.name, ", ".join(service.model.classifier.labels),
+        service.publisher.endpoint, service.model.name, ", ".join(service.model.classifier.classes),
         service.model.classifier.exit_layer, service.model.classifier.layout.n_layers,
     )  # fmt: skip
 

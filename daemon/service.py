@@ -109,7 +109,7 @@ class Service:
                 "loaded; restart calmd to load more"
             )
         name = (self.version_name(digest) if self.version_name else None) or Path(classifier_path).name.split(".")[0]
-        check_rule_labels(self.cfg.events, clf.labels, name)  # ValueError: reload refuses it like any other
+        check_rule_labels(self.cfg.events, clf.classes, name)  # ValueError: reload refuses it like any other
         policy = None
         if self.cfg.listeners.any():  # ValueError when the positive class is not one of the classifier's
             calls = self.cfg.calls
