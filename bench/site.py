@@ -29,7 +29,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +52,8 @@ from calm_core.telephone import band_limit
 
 START, END = "<!-- site: written by bench/site.py -->", "<!-- site end -->"
 MONITOR_PIPELINES = ("calm", "calm+cond", "sav", "paper", "probe")
-CALL_PIPELINES = ("calm merged", "calm sub", "sav sub", "paper sub", "probe merged")
-THRESHOLDED = ("calm merged", "calm sub")
+CALL_PIPELINES = ("calm merged", "calm split", "calm sub", "sav sub", "paper sub", "probe merged")
+THRESHOLDED = ("calm merged", "calm split", "calm sub")
 
 
 @dataclass(frozen=True)
@@ -97,8 +97,9 @@ def at_site(x: np.ndarray, site: Site, backgrounds: list[np.ndarray], rng: np.ra
     return (y / peak * 0.9).astype(np.float32) if peak > 0.99 else y
 
 
-def fit(method: str, support: torch.Tensor, labels: torch.Tensor, names: list[str], backbone) -> CalmClassifier:  # type: ignore[no-untyped-def]
-    config = PRESETS["paper" if method == "paper" else "calm"]
+def fit(method: str, support: torch.Tensor, labels: torch.Tensor, names: list[str], backbone,  # type: ignore[no-untyped-def]
+        split: bool = False) -> CalmClassifier:  # fmt: skip
+    config = replace(PRESETS["paper" if method == "paper" else "calm"], split="auto" if split else "none")
     return CalmClassifier.fit(support, labels, names, backbone.layout, backbone.fingerprint, config)
 
 
@@ -225,13 +226,14 @@ def _call_scores(p: str, feats: torch.Tensor, sup: np.ndarray, labels: np.ndarra
     if method == "probe":
         probe = fit_probe(feats[sup], (lab > 0).long())
         return probe.decision_function(head_matrix(feats[test])), None
-    clf = fit(method, feats[sup], lab, names, backbone)
-    group = [i for i, n in enumerate(names) if n.startswith("spoof")]
+    clf = fit(method, feats[sup], lab, names, backbone, split=p.endswith("split"))
+    group = [i for i, n in enumerate(clf.labels) if n.startswith("spoof")]
     scores = log_odds(clf.scores(feats[test], "sav" if method == "sav" else "calm").float().numpy(), group)
     stored = None
-    if p in THRESHOLDED:
-        config = PRESETS["calm"]
-        loo = loo_log_odds(feats[sup], lab, names, backbone.layout, backbone.fingerprint, config, ["spoof"])
+    if p in THRESHOLDED:  # as calm_core.calibration.calibrate does it: the fitted (sub-)classes, no new split
+        config, units = PRESETS["calm"], clf.support_labels
+        assert units is not None
+        loo = loo_log_odds(feats[sup], units, clf.labels, backbone.layout, backbone.fingerprint, config, ["spoof"])
         stored = eer(loo, labels > 0)[1]
     return scores, stored
 
@@ -312,8 +314,8 @@ def main() -> int:
     p.add_argument("--site-clips", type=int, nargs="+", default=[0, 1, 2, 4])
     p.add_argument("--draws", type=int, default=20)
     p.add_argument("--call-shots", type=int, default=8)
-    p.add_argument("--call-site-clips", type=int, nargs="+", default=[0, 2, 4, 8])
-    p.add_argument("--call-draws", type=int, default=3, help="support draws per fold (16 folds)")
+    p.add_argument("--call-site-clips", type=int, nargs="+", default=[0, 2, 8])
+    p.add_argument("--call-draws", type=int, default=2, help="support draws per fold (16 folds)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("docs/robustness.md"))
     args = p.parse_args()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +151,10 @@ def calibrate(
     if val_features is not None and val_labels is not None:
         scores = log_odds(clf.scores(val_features).float().numpy(), index)
         return eer_decision(scores, np.isin(val_labels.numpy(), index), positive, "validation", rule)
-    scores = loo_log_odds(features, labels, clf.labels, clf.layout, clf.fingerprint, clf.config, positive, groups)
+    # The held-out fits keep the (sub-)classes clf was fitted with: its labels of the support, no new split.
+    config = replace(clf.config, split="none")
+    labels = clf.support_labels if clf.support_labels is not None else labels
+    scores = loo_log_odds(features, labels, clf.labels, clf.layout, clf.fingerprint, config, positive, groups)
     if groups is not None:
         labels = labels[group_firsts(groups)]
     return eer_decision(scores, np.isin(labels.numpy(), index), positive, "leave-one-out support", rule)

@@ -18,10 +18,10 @@ from . import calm, fitting
 from .backbones.base import HeadLayout
 from .errors import ClassifierFileError
 from .fingerprint import Fingerprint, describe_mismatch
+from .subclasses import SUB, split_classes  # SUB: "spoof/neural" is a sub-class of spoof, reported as spoof
 
 FORMAT_VERSION = 1
 UNKNOWN = "unknown"
-SUB = "/"  # "spoof/neural": a sub-class of spoof, with prototypes of its own, reported as spoof
 Abstain = Literal["none", "score", "margin"]
 ABSTAIN_MODES: tuple[str, ...] = get_args(Abstain)
 Method = Literal["calm", "sav"]
@@ -29,6 +29,8 @@ Method = Literal["calm", "sav"]
 log = logging.getLogger(__name__)
 
 
+Split = Literal["none", "auto"]
+SPLITS: tuple[str, ...] = get_args(Split)
 ReliabilityFrom = Literal["leave-one-out", "support"]
 RELIABILITY_FROM: tuple[str, ...] = get_args(ReliabilityFrom)
 
@@ -50,6 +52,7 @@ class CalmConfig:
     max_layer: int | None = None  # only heads of layers 0..max_layer are candidates (bounds the exit layer)
     abstain: Abstain = "none"  # answer `unknown` when the score or margin is below a threshold
     abstain_keep: float = 0.95  # the threshold keeps this share of correct validation answers
+    split: Split = "none"  # auto: a class whose support is two kinds of sound gets two prototypes (subclasses.py)
 
     def __post_init__(self) -> None:
         if not self.tau > 0:
@@ -82,6 +85,8 @@ class CalmConfig:
             raise ValueError(f"abstain {self.abstain!r} is not known; allowed: {', '.join(ABSTAIN_MODES)}")
         if not 0 < self.abstain_keep <= 1:
             raise ValueError(f"abstain_keep must be in (0, 1], got {self.abstain_keep}")
+        if self.split not in SPLITS:
+            raise ValueError(f"split {self.split!r} is not known; allowed: {', '.join(SPLITS)}")
 
     @property
     def weight_temperature(self) -> float:
@@ -159,6 +164,8 @@ class CalmClassifier:
     sav: torch.Tensor  # (S,) int64
     abstain_threshold: float | None = None
     info: dict[str, object] = field(default_factory=dict)
+    # The support clips' (sub-)class indices as fitted (after an automatic split); not stored in the file.
+    support_labels: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     # ---- fitting -------------------------------------------------------------------------
     @classmethod
@@ -190,6 +197,15 @@ class CalmClassifier:
             allowed = layer <= config.max_layer
         if groups is not None and torch.unique(groups).numel() == groups.numel():
             groups = None  # every clip its own recording: plain leave-one-out
+        parts: dict[str, object] = {}
+        if config.split == "auto":
+            if groups is not None or val_features is not None:
+                log.warning("split auto is decided by leave-one-out over plain support clips: skipped with "
+                            "augmented copies or validation clips")  # fmt: skip
+            else:
+                split = split_classes(config, flat, labels, list(label_names), allowed)
+                labels, label_names, n_classes = split.labels, split.names, len(split.names)
+                parts = {"classes": split.parts, "loo_correct": split.loo_correct, "clips": int(labels.numel())}
         counts = fitting.recordings_per_class(labels, n_classes, groups)
         val_flat = _flatten(val_features, layout) if val_features is not None else None
         fitted = fitting.fit_weights(config, flat, labels, n_classes, allowed, val_flat, val_labels, groups)
@@ -209,11 +225,13 @@ class CalmClassifier:
             reliability=r[keep].contiguous(),
             weights=w[keep].contiguous(),
             sav=sav_pos,
+            support_labels=labels,
             info={
                 "reliability_source": rel.source,
                 "top_k": fitted.top_k,
                 "top_k_leave_one_out_correct": {str(k): v for k, v in fitted.top_k_correct.items()},
                 "support_per_class": dict(zip(label_names, counts.tolist())),
+                **({"split": parts} if parts else {}),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             },
         )

@@ -19,7 +19,7 @@ from .backbones.base import DTYPES, Backbone
 from .calibration import stored_group
 from .calm import SCHEMES
 from .channels import CHANNELS, Preprocessing
-from .classifier import ABSTAIN_MODES, PRESETS, RELIABILITY_FROM, CalmClassifier, CalmConfig
+from .classifier import ABSTAIN_MODES, PRESETS, RELIABILITY_FROM, SPLITS, CalmClassifier, CalmConfig
 from .conditioning import CONDITIONINGS, DEFAULT_CONDITIONING
 from .errors import CalmError
 from .features import FeatureStore, default_cache_dir
@@ -85,6 +85,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         "max_layer": args.max_layer,
         "abstain": args.abstain,
         "abstain_keep": args.abstain_keep,
+        "split": args.split,
     }
     # Options given on the command line override the preset's values.
     config = replace(PRESETS[args.preset], **{k: v for k, v in given.items() if v is not None})
@@ -444,6 +445,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--max-layer", type=int, default=None, help="only use heads of layers 0..N (faster exit)")
     fit.add_argument("--abstain", choices=ABSTAIN_MODES, help="answer 'unknown' below a threshold")
     fit.add_argument("--abstain-keep", type=float, help="share of correct answers kept")
+    fit.add_argument(
+        "--split", choices=SPLITS,
+        help="auto: a class whose support is two kinds of sound (a new attack among older ones) gets a prototype "
+        "for each, when leave-one-out over the support labels it better (default none)",
+    )  # fmt: skip
     fit.add_argument(
         "--positive", metavar="CLASS", action="append",
         help="detector of CLASS (e.g. spoof; repeatable: --positive spoof --positive neural scores the group, "

@@ -209,3 +209,19 @@ def select_top_k(
     tied = [k for k, c in correct.items() if c == best]
     chosen = min(tied, key=lambda k: abs(math.log(k / DEFAULT_TOP_K)))
     return chosen, correct
+
+
+def loo_predictions(
+    config: CalmConfig, flat: torch.Tensor, labels: torch.Tensor, n_classes: int, allowed: torch.Tensor,
+    top_k: int | None,
+) -> torch.Tensor:  # fmt: skip
+    """Each support clip's best class from CALM fitted, as `fit_weights` fits, on the other clips: (N,)."""
+    out = torch.empty(flat.shape[0], dtype=torch.long)
+    for i in range(flat.shape[0]):
+        rest = torch.arange(flat.shape[0]) != i
+        prototypes, rel, sav_heads = _reliability_and_sav(config, flat[rest], labels[rest], n_classes, allowed)
+        rest_counts = torch.bincount(labels[rest], minlength=n_classes)
+        post = calm.head_posteriors(flat[i : i + 1], prototypes, config.tau)  # (1, K, C)
+        w = _weights(config, rel.r, top_k, allowed, sav_heads, rest_counts)
+        out[i] = calm.calm_scores(post, w).argmax(1)[0]
+    return out

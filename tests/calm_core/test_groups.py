@@ -90,3 +90,44 @@ def test_a_classifier_needs_two_classes_not_two_sub_classes() -> None:
     feats, labels = synthetic(4, n_classes=2)
     with pytest.raises(ValueError, match="at least 2 classes"):
         CalmClassifier.fit(feats, labels, ["spoof/a", "spoof/b"], LAYOUT, FP, SPARSE)
+
+
+def two_kinds_of_spoof(n_old: int = 8, n_new: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """bonafide around A; spoof half around B and half around C = 2A - B, so spoof's mean sits on A: one
+    prototype for spoof cannot tell it from bonafide in the informative heads, two can."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(LAYOUT.n_heads, LAYOUT.head_dim, generator=torch.Generator().manual_seed(1))
+    b = a + 2.0 * torch.randn(LAYOUT.n_heads, LAYOUT.head_dim, generator=torch.Generator().manual_seed(2))
+    centres = torch.stack([a, b, 2 * a - b])
+    kinds = torch.tensor([0] * 8 + [1] * n_old + [2] * n_new)
+    feats = torch.randn(len(kinds), LAYOUT.n_layers, LAYOUT.n_heads, LAYOUT.head_dim, generator=g)
+    feats[:, 2] = 3 * centres[kinds] + 0.3 * feats[:, 2]
+    return feats, (kinds > 0).long()
+
+
+def test_auto_split_gives_a_two_kind_class_two_prototypes() -> None:
+    from dataclasses import replace
+
+    feats, labels = two_kinds_of_spoof()
+    names = ["bonafide", "spoof"]
+    one = CalmClassifier.fit(feats, labels, names, LAYOUT, FP, SPARSE)
+    two = CalmClassifier.fit(feats, labels, names, LAYOUT, FP, replace(SPARSE, split="auto"))
+    assert one.labels == names
+    assert two.labels == ["bonafide", "spoof/1", "spoof/2"] and two.classes == names
+    split = two.info["split"]
+    assert split["classes"] == {"spoof": ["spoof/1", "spoof/2"]} and split["loo_correct"][1] > split["loo_correct"][0]
+    # the new clusters are the two kinds (which one is /1 is k-means' choice)
+    subs = two.support_labels[8:]
+    assert len(set(subs[:8].tolist())) == 1 and len(set(subs[8:].tolist())) == 1 and subs[0] != subs[-1]
+    test, truth = two_kinds_of_spoof(seed=5)
+    right_one = sum(p.label == names[y] for p, y in zip(one.predict(test), truth.tolist()))
+    right_two = sum(p.label == names[y] for p, y in zip(two.predict(test), truth.tolist()))
+    assert right_two == len(truth) and right_two > right_one
+
+
+def test_auto_split_leaves_a_one_kind_class_whole() -> None:
+    from dataclasses import replace
+
+    feats, labels = synthetic(6, n_classes=3)
+    clf = CalmClassifier.fit(feats, labels, ["a", "b", "c"], LAYOUT, FP, replace(SPARSE, split="auto"))
+    assert clf.labels == ["a", "b", "c"] and clf.info["split"]["classes"] == {}
