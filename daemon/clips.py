@@ -176,7 +176,12 @@ class ClipRecorder(Sink):
                 "label": edge.label,
                 "score": edge.score,
                 "hits": edge.hits,
-                "segments": [{"start_s": h.start_s, "end_s": h.end_s, "score": h.score} for h in edge.segments],
+                "segments": [
+                    {"start_s": h.start_s, "end_s": h.end_s, "score": h.score, "top": _top(h.top)}
+                    for h in edge.segments
+                ],
+                # what the model was torn between in the event's best segment
+                "top": _top(max(edge.segments, key=lambda h: h.score).top) if edge.segments else [],
                 "start_s": edge.start_s,
                 "end_s": edge.time_s,
                 "start_utc": utc_iso(t0_wall + edge.start_s),
@@ -344,3 +349,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
     except OSError:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _top(top: tuple[tuple[str, float], ...]) -> list[dict[str, Any]]:
+    return [{"label": label, "score": score} for label, score in top]

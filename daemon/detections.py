@@ -56,6 +56,7 @@ class Heard:
     start_s: float
     end_s: float
     score: float
+    top: tuple[tuple[str, float], ...] = ()  # the classes the model was torn between, best first, with scores
 
 
 @dataclass(frozen=True)
@@ -112,11 +113,13 @@ class DetectionTracker:
     def rule(self, label: str) -> Rule:
         return self.rules.get(label, self.default)
 
-    def label(self, label: str, score: float, start_s: float, end_s: float) -> list[Edge]:
+    def label(
+        self, label: str, score: float, start_s: float, end_s: float, top: tuple[tuple[str, float], ...] = ()
+    ) -> list[Edge]:
         """A classified segment; returns the edges it causes (an end, a start, both, or none)."""
         if label == UNKNOWN or score < self.rule(label).min_score:
             return []
-        heard = Heard(start_s, end_s, score)
+        heard = Heard(start_s, end_s, score, top)
         if self.active is not None and self.active.label == label:
             self.active.add(heard)
             return []
@@ -160,11 +163,14 @@ class Detections:
         self.trackers: dict[str, DetectionTracker] = {}
         self.seq: dict[str, int] = {}  # per stream, from 0
 
-    def label(self, stream: str, t0_wall: float, label: str, score: float, start_s: float, end_s: float) -> None:
+    def label(
+        self, stream: str, t0_wall: float, label: str, score: float, start_s: float, end_s: float,
+        top: tuple[tuple[str, float], ...] = (),
+    ) -> None:  # fmt: skip
         tracker = self.trackers.get(stream)
         if tracker is None:
             tracker = self.trackers[stream] = DetectionTracker.from_config(self.events)
-        self._publish(stream, t0_wall, tracker.label(label, score, start_s, end_s))
+        self._publish(stream, t0_wall, tracker.label(label, score, start_s, end_s, top))
 
     def expire(self, stream: str, t0_wall: float, audio_s: float, ended: bool) -> None:
         """The stream has delivered audio up to audio_s; ended: it will deliver no more."""

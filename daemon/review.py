@@ -38,7 +38,8 @@ from calm_core.fingerprint import file_sha256
 
 from .events import utc_iso
 from .page.server import Refused, clip_path
-from .teach import install, summary_counts
+from .review_query import Query, Sidecars, page_of
+from .teach import classes_of, install, summary_counts
 
 log = logging.getLogger("calmd.review")
 
@@ -47,7 +48,6 @@ log = logging.getLogger("calmd.review")
 MIN_CLIPS = 2
 KINDS = ("right", "wrong", "relabel", "new", "clear")
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # a page-made class name: safe in files and topics
-DETECTIONS_SHOWN = 100
 REFIT_TIMEOUT_S = 3600.0  # the child loads the model for the new clips: minutes for a 7B model on a CPU
 RELOAD_TIMEOUT_S = 300.0
 CLOSE_JOIN_S = 10.0
@@ -112,6 +112,7 @@ class Review:
         self.child: subprocess.Popen[str] | None = None
         self.installing: Version | None = None  # the version Apply has put in the live file, until calmd takes it
         self.closed = False
+        self.sidecars = Sidecars(clips_dir) if clips_dir is not None else None
         self._load()
 
     # ---- state on disk ---------------------------------------------------------------------------
@@ -147,7 +148,9 @@ class Review:
             f.write(line + "\n")
 
     # ---- what the page shows ---------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
+    def state(self, query: Query | None = None) -> dict[str, Any]:
+        query = query or Query()
+        listed = self._detections()  # outside the lock: it reads files
         with self.lock:
             current = self._version(self.current)
             pending: dict[str, int] = {}
@@ -155,27 +158,34 @@ class Review:
                 if v.state == "pending" and v.label is not None:
                     pending[v.label] = pending.get(v.label, 0) + 1
             serving = self.serving()
+            for d in listed:
+                verdict = self.verdicts.get(d["clip"])
+                d["verdict"] = asdict(verdict) if verdict else None
             return {
                 "enabled": self.clips_dir is not None,
                 "classifier": serving,
                 "current": self.current,
                 "undo_to": current.parent if current else None,
-                "versions": [
-                    {
-                        "name": v.name,
-                        "parent": v.parent,
-                        "created_utc": v.created_utc,
-                        "taught": len(v.taught),
-                        "note": v.note,
-                    }
-                    for v in self.versions
-                ],  # fmt: skip
+                "undo_forgets": len(current.taught) if current else 0,
+                "redo_to": self._redo_to(),
+                "versions": [self._described(v) for v in self.versions],
                 "min_clips": MIN_CLIPS,
                 "pending": pending,
                 "waiting": self._waiting(serving["labels"]),
-                "detections": self._detections(),
+                **page_of(listed, query),
                 "job": asdict(self.job) if self.job else None,
             }
+
+    def _described(self, v: Version) -> dict[str, Any]:
+        """A version as the page's history lists it: its date, what it taught, its classes and their support."""
+        described = {"name": v.name, "parent": v.parent, "created_utc": v.created_utc, "taught": len(v.taught),
+                     "note": v.note, "sha256": v.sha256}  # fmt: skip
+        return {**described, **classes_of(self.dir / v.file, v.sha256)}
+
+    def _redo_to(self) -> str | None:
+        """Under the lock: the newest version made from the current one (one that Undo left), if any."""
+        children = [v for v in self.versions if v.parent == self.current and v.name != self.current]
+        return children[-1].name if children else None
 
     def _waiting(self, labels: list[str]) -> dict[str, int]:
         """Under the lock: new classes with fewer than MIN_CLIPS distinct clips pending, and how many they have."""
@@ -189,27 +199,21 @@ class Review:
         return {c: len(d) for c, d in contents.items() if len(d) < MIN_CLIPS}
 
     def _detections(self) -> list[dict[str, Any]]:
-        """The newest saved detections (file names start with their UTC start), with their verdicts."""
-        if self.clips_dir is None or not self.clips_dir.is_dir():
+        """Every saved detection, newest first (file names start with their UTC start)."""
+        if self.sidecars is None:
             return []
-        sidecars = [f for d in self.clips_dir.iterdir() if d.is_dir() and not d.name.startswith(".")
-                    for f in d.glob("*.json") if not f.name.startswith(".")]  # fmt: skip
-        shown = []
-        for path in sorted(sidecars, key=lambda p: p.name, reverse=True)[:DETECTIONS_SHOWN]:
-            try:
-                side = json.loads(path.read_text())
-                clip = f"{path.parent.name}/{side['clip']}"
-            except (OSError, ValueError, KeyError, TypeError):  # deleted meanwhile, or not a clip sidecar
-                continue
-            picture = path.with_suffix(".png")
-            verdict = self.verdicts.get(clip)
-            shown.append({
-                "clip": clip, "picture": f"{path.parent.name}/{picture.name}" if picture.is_file() else None,
+        listed = []
+        for clip, side in self.sidecars.newest_first():
+            picture = (self.sidecars.dir / clip).with_suffix(".png")
+            listed.append({
+                "clip": clip, "picture": clip.rsplit(".", 1)[0] + ".png" if picture.is_file() else None,
                 "label": side.get("label"), "score": side.get("score"), "stream": side.get("stream"),
-                "start_utc": side.get("start_utc"), "end_utc": side.get("end_utc"),
-                "classifier": side.get("classifier"), "verdict": asdict(verdict) if verdict else None,
+                "start_utc": side.get("start_utc"), "end_utc": side.get("end_utc"), "top": side.get("top"),
+                "segments": side.get("segments"), "start_s": side.get("start_s"), "end_s": side.get("end_s"),
+                "clip_start_s": side.get("clip_start_s"), "clip_end_s": side.get("clip_end_s"),
+                "classifier": side.get("classifier"),
             })  # fmt: skip
-        return shown
+        return listed
 
     def version_name(self, sha256: str) -> str | None:
         """The name of the version a classifier file holds (None: a file the review has not seen): what calmd
@@ -280,9 +284,15 @@ class Review:
             raise Refused(409, f"{self.job.action} is running: wait for it to finish")
 
     # ---- Apply and Undo --------------------------------------------------------------------------
-    def start(self, who: str, action: str) -> dict[str, Any]:
-        """Start Apply or Undo on a thread of its own; the page follows it in state()["job"]."""
-        run = {"apply": self._apply, "undo": self._undo}[action]
+    def start(self, who: str, action: str, version: str | None = None) -> dict[str, Any]:
+        """Start Apply, Undo or Restore (of `version`) on a thread of its own; the page follows it in
+        state()["job"]."""
+        if action == "restore":
+            if version is None or self._version(version) is None:
+                raise Refused(400, f"restore {version!r}: name one of the versions ({', '.join(self._names())})")
+            run: Callable[[], tuple[str, str | None]] = lambda: self._restore(version)  # noqa: E731
+        else:
+            run = {"apply": self._apply, "undo": self._undo}[action]
         with self.lock:
             self._idle()
             if self.closed:
@@ -292,6 +302,10 @@ class Review:
             self.thread = threading.Thread(target=self._run, args=(job, run, who), name=f"review-{action}", daemon=True)
             self.thread.start()
             return asdict(job)
+
+    def _names(self) -> list[str]:
+        with self.lock:
+            return [v.name for v in self.versions]
 
     def _run(self, job: Job, run: Callable[[], tuple[str, str | None]], who: str) -> None:
         try:
@@ -367,24 +381,50 @@ class Review:
     def _undo(self) -> tuple[str, str | None]:
         with self.lock:
             current = self._sync_live()
-            parent = self._version(current.parent)
-            if parent is None:
+            if self._version(current.parent) is None:
                 raise Refused(409, f"nothing to undo: {current.name} is the first classifier the page knows")
-        install(self.dir / parent.file, self.live)
+        return self._restore(str(current.parent))
+
+    def _restore(self, name: str) -> tuple[str, str | None]:
+        """Serve a version the page made or found before (Undo: the current one's parent; redo: a child)."""
+        with self.lock:
+            current = self._sync_live()
+            target = self._version(name)
+            if target is None or target.name == current.name:
+                raise Refused(409, f"{name} is already served" if target else f"no version {name!r}")
+        install(self.dir / target.file, self.live)
         taken = self.reload(RELOAD_TIMEOUT_S)
         if not taken:
             install(self.dir / current.file, self.live)
             if taken is None and self.closed:
                 raise Interrupted()
-            raise Refused(409, f"calmd did not take {parent.name} back ({self.serving().get('error')}); "
+            raise Refused(409, f"calmd did not take {target.name} ({self.serving().get('error')}); "
                                f"it still serves {current.name}")  # fmt: skip
         with self.lock:
-            self.current = parent.name
-            for clip in current.taught:  # back to pending: change or clear them, or Apply again
-                if clip in self.verdicts:
-                    self.verdicts[clip].state, self.verdicts[clip].version = "pending", None
+            self.current = target.name
+            self._mark_taught(target)
             self._save()
-        return f"calmd serves {parent.name} again ({current.name} is kept)", parent.name
+        return f"calmd serves {target.name} ({current.name} is kept)", target.name
+
+    def _lineage(self, version: Version) -> list[Version]:
+        """Under the lock: a version and its ancestors, itself first."""
+        chain: list[Version] = []
+        v: Version | None = version
+        while v is not None and v not in chain:
+            chain.append(v)
+            v = self._version(v.parent)
+        return chain
+
+    def _mark_taught(self, served: Version) -> None:
+        """Under the lock: a verdict a served version (or an ancestor) was taught reads 'applied' in it; one
+        taught only in versions no longer served goes back to pending (change or clear it, or Apply again)."""
+        applied = {clip: v.name for v in reversed(self._lineage(served)) for clip in v.taught}
+        taught = {clip for v in self.versions for clip in v.taught}
+        for clip, verdict in self.verdicts.items():
+            if clip in applied and verdict.label == self._version(applied[clip]).taught.get(clip):  # type: ignore[union-attr]
+                verdict.state, verdict.version = "applied", applied[clip]
+            elif clip in taught and verdict.state == "applied":
+                verdict.state, verdict.version = "pending", None
 
     def _sync_live(self) -> Version:
         """Under the lock: the version the live file holds; a file the page has not seen (the first one, or one

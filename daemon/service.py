@@ -354,7 +354,8 @@ class Service:
         self.metrics.latency_seconds.observe(max(0.0, now - q.end_wall))
         log.debug("%s %.2f-%.2f s: %s (%.3f)", seg.stream, seg.start_s, seg.end_s, pred.label, pred.score)
         if self.cfg.events.enabled:
-            self.detections.label(seg.stream, t0, pred.label, pred.score, seg.start_s, seg.end_s)
+            top = tuple((k, round(v, 4)) for k, v in pred.top(3))
+            self.detections.label(seg.stream, t0, pred.label, pred.score, seg.start_s, seg.end_s, top)
 
     def _expire_events(self, final: bool = False) -> None:
         """End events not heard for end_after_s, and those of streams that ended; final: every open one."""

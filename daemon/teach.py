@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,21 @@ def install(version_file: Path, live: Path) -> None:
     if live.exists():
         shutil.copymode(live, tmp)
     os.replace(tmp, live)
+
+
+@lru_cache(maxsize=256)
+def classes_of(version_file: Path, sha256: str) -> dict[str, Any]:
+    """A classifier file's classes and support clips per class, from its header alone (no tensor is read);
+    sha256 keys the cache. Empty when the file cannot be read (its history entry shows no classes)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(version_file), framework="numpy") as f:
+            meta = json.loads((f.metadata() or {})["calm"])
+        support = meta.get("info", {}).get("support_per_class", {})
+        return {"labels": list(meta["labels"]), "support": {str(k): int(v) for k, v in support.items()}}
+    except (OSError, SafetensorError, KeyError, ValueError, TypeError, AttributeError):
+        return {}
 
 
 def summary_counts(summary: dict[str, Any], label: str) -> str:

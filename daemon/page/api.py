@@ -1,12 +1,16 @@
 """The page's JSON API beside what it shows: the login session, and the review's writes.
 
 GET  /api/session        {"writes": "enabled"|"disabled", "logged_in", "csrf" (when logged in), "why"}
-GET  /api/review         the review (calmd.review.Review.state), readable without a login
+GET  /api/review         the review (calmd.review.Review.state), readable without a login; one page of
+                         the saved detections, filtered by ?label= &stream= &min_score= &max_score= &since=
+                         &until= &unreviewed=1 &anchor= &offset= &limit= (calmd.review_query)
 POST /api/login          {"password"}: a session cookie and its CSRF token; 401 wrong, 429 too many tries
 POST /api/logout
 POST /api/review/verdict {"clip", "verdict": right|wrong|relabel|new|clear, "label"}
+POST /api/review/verdicts {"clips": [...], "verdict", "label"}: one verdict for many clips
 POST /api/review/apply   refit with the pending verdicts (202: a job the page follows in /api/review)
 POST /api/review/undo    back to the classifier before (202)
+POST /api/review/restore {"version": "..."}: serve any version the page made or found (202; redo too)
 
 Every POST but login needs the session cookie and X-CSRF-Token; every POST needs a JSON body and, from a
 browser, the page's own origin (see auth.py).
@@ -29,6 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("calmd.page")
 
+BULK_MAX = 500
 ENABLE = "set [page] password_hash (`calmd --hash-password` prints one) and restart calmd"
 
 
@@ -51,13 +56,15 @@ class PageApi:
         self.review: Review | None = None  # attached once calmd runs (calmd.main)
 
     # ---- reads -----------------------------------------------------------------------------------
-    def get(self, path: str, headers: auth.Headers) -> Reply | None:
+    def get(self, path: str, headers: auth.Headers, params: dict[str, str] | None = None) -> Reply | None:
         if path == "/api/session":
             return Reply(200, self.session_info(headers))
         if path == "/api/review":
             if self.review is None:
                 return Reply(200, {"enabled": False, "why": "no review: calmd is starting, or this is not calmd"})
-            return Reply(200, self.review.state())
+            from ..review_query import Query  # here: calmd.review_query imports this package
+
+            return Reply(200, self.review.state(Query.parse(params or {})))
         return None
 
     def session_info(self, headers: auth.Headers) -> dict[str, Any]:
@@ -72,7 +79,8 @@ class PageApi:
 
     # ---- writes ----------------------------------------------------------------------------------
     def post(self, path: str, headers: auth.Headers, body: bytes, client: str) -> Reply:
-        routes = {"/api/login", "/api/logout", "/api/review/verdict", "/api/review/apply", "/api/review/undo"}
+        routes = {"/api/login", "/api/logout", "/api/review/verdict", "/api/review/apply", "/api/review/undo",
+                  "/api/review/restore", "/api/review/verdicts"}  # fmt: skip
         if path not in routes:
             raise Refused(404, f"no API at {path!r}")
         if self.password_hash is None:
@@ -99,7 +107,17 @@ class PageApi:
             if not isinstance(clip, str) or not isinstance(kind, str) or not isinstance(label, (str, type(None))):
                 raise Refused(400, 'expected {"clip": "...", "verdict": "...", "label": "..." or null}')
             return Reply(200, self.review.verdict(client, clip, kind, label))
-        return Reply(202, {"job": self.review.start(client, path.rsplit("/", 1)[1])})
+        if path == "/api/review/verdicts":  # one verdict for many clips (the page's bulk verdicts)
+            clips, kind, label = data.get("clips"), data.get("verdict"), data.get("label")
+            if not isinstance(clips, list) or not all(isinstance(c, str) for c in clips) or not isinstance(kind, str):
+                raise Refused(400, 'expected {"clips": ["...", ...], "verdict": "...", "label": "..." or null}')
+            if not isinstance(label, (str, type(None))) or len(clips) > BULK_MAX:
+                raise Refused(400, f"a label is a string or null, and at most {BULK_MAX} clips go in one request")
+            return Reply(200, {"verdicts": [self.review.verdict(client, c, kind, label) for c in clips]})
+        version = data.get("version")
+        if not isinstance(version, (str, type(None))):
+            raise Refused(400, 'expected {"version": "..."}')
+        return Reply(202, {"job": self.review.start(client, path.rsplit("/", 1)[1], version)})
 
     def _login(self, data: dict[str, Any], client: str) -> Reply:
         assert self.password_hash is not None

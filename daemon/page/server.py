@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .hub import KEEPALIVE, PageHub
 
@@ -44,6 +44,9 @@ STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/index.html": ("index.html", "text/html; charset=utf-8"),
     "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/session.js": ("session.js", "text/javascript; charset=utf-8"),
+    "/review.js": ("review.js", "text/javascript; charset=utf-8"),
+    "/versions.js": ("versions.js", "text/javascript; charset=utf-8"),
     "/style.css": ("style.css", "text/css; charset=utf-8"),
 }
 CLIP_TYPES = {  # what the clips folder holds; anything else there is not served
@@ -235,7 +238,7 @@ class PageHandler(BaseHTTPRequestHandler):
         elif (
             path.startswith("/api/")
             and self.server.api is not None
-            and (reply := self.server.api.get(path, self.headers))
+            and (reply := self.server.api.get(path, self.headers, dict(parse_qsl(urlsplit(self.path).query))))
         ):
             self._reply(reply, head)
         elif path == "/events":

@@ -65,7 +65,7 @@ def event(label: str, *segments: tuple[float, float, float]) -> Edge:
     """The end edge of an event made of (start_s, end_s, score) segments, through the real tracker."""
     t = DetectionTracker(end_after_s=3.0)
     for start, end, score in segments:
-        t.label(label, score, start, end)
+        t.label(label, score, start, end, ((label, score), ("other", round(1 - score, 3))))
     [end_edge] = t.end()
     return end_edge
 
@@ -98,6 +98,10 @@ def test_opus_clip_decodes_to_the_clip_length(tmp_path: Path) -> None:
     assert (rate, samples.size) == (SR, 3 * SR)
 
 
+def top(*scored: tuple[str, float]) -> list[dict[str, object]]:
+    return [{"label": label, "score": score} for label, score in scored]
+
+
 def test_sidecar_describes_the_event(tmp_path: Path) -> None:
     rec = recorder(tmp_path, pre_roll_s=2.0, post_roll_s=0.5)
     feed(rec, "door", source_audio(12.0))
@@ -107,7 +111,11 @@ def test_sidecar_describes_the_event(tmp_path: Path) -> None:
     jsonschema.validate(sidecar, schema("clip"))
     assert sidecar == {
         "schema": "calm.clip/1", "clip": Path(rel).name, "stream": "door", "label": "dog", "score": 0.8, "hits": 2,
-        "segments": [{"start_s": 1.0, "end_s": 2.0, "score": 0.6}, {"start_s": 2.0, "end_s": 3.5, "score": 0.8}],
+        "segments": [
+            {"start_s": 1.0, "end_s": 2.0, "score": 0.6, "top": top(("dog", 0.6), ("other", 0.4))},
+            {"start_s": 2.0, "end_s": 3.5, "score": 0.8, "top": top(("dog", 0.8), ("other", 0.2))},
+        ],
+        "top": top(("dog", 0.8), ("other", 0.2)),  # of the event's best segment
         "start_s": 1.0, "end_s": 3.5, "start_utc": "2026-11-18T11:06:41.000Z", "end_utc": "2026-11-18T11:06:43.500Z",
         # the pre-roll is cut at the stream's start
         "clip_start_s": 0.0, "clip_end_s": 4.0, "clip_start_utc": "2026-11-18T11:06:40.000Z", "truncated": False,

@@ -228,7 +228,7 @@ def test_in_chromium_a_detection_relabelled_as_a_new_class_is_applied_and_undone
     original = file_sha256(calmd.live)
     two = detections_of_two_sounds(calmd)
     with Subscriber(calmd.endpoint, ["room"]) as sub:
-        browser.get(f"http://127.0.0.1:{calmd.port}/")
+        browser.get(f"http://127.0.0.1:{calmd.port}/#review")
         assert shown(browser, "return !document.getElementById('login-form').hidden")
         browser.execute_script("document.getElementById('password').value = arguments[0]", PASSWORD)
         click(browser, "#login")
@@ -244,10 +244,14 @@ def test_in_chromium_a_detection_relabelled_as_a_new_class_is_applied_and_undone
             f"pending: 2 to {NEW_CLASS}"
         )
         assert shown(browser, "return document.querySelector('article.detection .picture img')?.naturalWidth > 0")
-        browser.execute_script("document.getElementById('review-section').scrollIntoView()")
         screenshot(browser, tmp_path / "review-after-relabel.png", record_property)
 
-        click(browser, "#apply")
+        click(browser, "#apply")  # a summary first: nothing changes until it is confirmed
+        summary = shown(browser, "return !document.getElementById('confirm').hidden && "
+                                 "document.getElementById('confirm-list').textContent")  # fmt: skip
+        assert summary == f"2 clips → {NEW_CLASS} (a new class)", summary
+        screenshot(browser, tmp_path / "review-apply-summary.png", record_property)
+        click(browser, "#confirm button.confirm")
         done = shown(browser, JOB, "apply")
         assert done is not None and "job-done" in done[0], (done, calmd.daemon.log()[-3000:])
         assert done[2] == "live-v2" and "calmd now serves live-v2" in done[1]
@@ -269,6 +273,10 @@ def test_in_chromium_a_detection_relabelled_as_a_new_class_is_applied_and_undone
         screenshot(browser, tmp_path / "review-after-apply.png", record_property)
 
         click(browser, "#undo")
+        summary = shown(browser, "return !document.getElementById('confirm').hidden && "
+                                 "document.getElementById('confirm-list').textContent")  # fmt: skip
+        assert summary == "2 clips taught in live-v2 become pending again", summary
+        click(browser, "#confirm button.confirm")
         undone = shown(browser, JOB, "undo")
         assert undone is not None and "job-done" in undone[0] and undone[2] == "live-v1", undone
         assert file_sha256(calmd.live) == original

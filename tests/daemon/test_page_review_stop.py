@@ -59,13 +59,14 @@ def test_sigterm_during_apply_leaves_no_orphan_version_and_an_honest_journal(
         for d in detections_of_two_sounds(c):
             verdict = {"clip": d["clip"], "verdict": "new", "label": NEW_CLASS}
             assert c.request("POST", "/api/review/verdict", verdict, {"Cookie": cookie, "X-CSRF-Token": csrf})[0] == 200
-        browser.get(f"http://127.0.0.1:{c.port}/")
+        browser.get(f"http://127.0.0.1:{c.port}/#review")
         assert shown(browser, "return !document.getElementById('login-form').hidden")
         browser.execute_script("document.getElementById('password').value = arguments[0]", PASSWORD)
         browser.execute_script("document.getElementById('login').click()")
         assert shown(browser, "return !document.getElementById('apply').disabled")
         browser.execute_script("document.getElementById('apply').click()")
-        browser.execute_script("document.querySelector('#apply-confirm button.confirm')?.click()")
+        assert shown(browser, "return !document.getElementById('confirm').hidden")
+        browser.execute_script("document.querySelector('#confirm button.confirm').click()")
         assert wait_for(started.is_file, PAGE_WAIT_S), c.daemon.log()[-3000:]
         version_file = Path(started.read_text())
         assert shown(browser, "return document.getElementById('review-job').textContent.startsWith('apply: running')")
