@@ -151,9 +151,18 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
+    clf = CalmClassifier.load(args.classifier)
+    summary = _add(args, clf, args.clips, args.label, args.positive)
+    print(json.dumps(summary, indent=2) if args.json else summary["text"])
+    return 0
+
+
+def _add(
+    args: argparse.Namespace, clf: CalmClassifier, clips: list[Path], label: str | None, positive: bool
+) -> dict[str, Any]:
+    """`calm add`'s refit (reviewed clips into a class) and the file written; its summary."""
     from .refit import add_clips, format_add
 
-    clf = CalmClassifier.load(args.classifier)
     record = FitRecord.from_info(clf.info, str(args.classifier))
     model = args.model or str(clf.info.get("model_path") or "")
     cache_dir = args.cache_dir or (Path(record.cache_dir) if record.cache_dir else default_cache_dir())
@@ -172,14 +181,25 @@ def cmd_add(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     result = add_clips(
-        clf, args.clips, args.label, open_backbone=open_backbone, cache_dir=cache_dir, batch_size=args.batch_size,
-        source=str(args.classifier), model_path=model or None, positive=args.positive,
+        clf, clips, label, open_backbone=open_backbone, cache_dir=cache_dir, batch_size=args.batch_size,
+        source=str(args.classifier), model_path=model or None, positive=positive,
     )  # fmt: skip
     out = result.classifier.save(args.out or args.classifier)  # temp file + rename: a reload never sees half
-    seconds = time.perf_counter() - t0
-    summary = format_add(result, clf, out, seconds)
-    print(json.dumps(summary, indent=2) if args.json else summary["text"])
-    return 0
+    return format_add(result, clf, out, time.perf_counter() - t0)
+
+
+def _genuine_class(clf: CalmClassifier, stored: dict[str, Any], label: str | None) -> str:
+    """The class the site's genuine clips join: --label, else the one class outside the positive group."""
+    group = set(stored_group(stored))
+    outside = [c for c in clf.classes if c not in group]
+    if label is not None:
+        if label not in outside:
+            raise CalmError(f"--label {label!r}: the genuine side's classes are {', '.join(outside)}")
+        return label
+    if len(outside) != 1:
+        raise CalmError(f"--teach: the genuine side has {len(outside)} classes ({', '.join(outside)}); "
+                        "name the one these clips belong to with --label")  # fmt: skip
+    return outside[0]
 
 
 def _backbone_for(args: argparse.Namespace, clf: CalmClassifier, exit_layer: int) -> Backbone:
@@ -275,6 +295,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if not 0.0 <= args.far < 1.0:
         raise CalmError(f"--far {args.far}: expected a false-alarm rate with 0 <= far < 1, e.g. 0.01")
     files, calls = site_clips(args.genuine)
+    if args.teach:
+        # The clips join the genuine side's support; the threshold comes from leave-one-out over the new support,
+        # as `calm add` sets it (a threshold read off clips that are in the support would be in-sample).
+        label = _genuine_class(clf, stored, args.label)
+        summary = _add(args, clf, files, label, positive=False)
+        summary["decision"] = CalmClassifier.load(summary["classifier"]).info.get("decision")
+        print(json.dumps({k: v for k, v in summary.items() if k != "text"}, indent=2))
+        return 0
     backbone = _backbone_for(args, clf, clf.exit_layer)
     feats = _store(args, backbone, Preprocessing.of(clf.info)).extract(files, clf.exit_layer, progress=not args.quiet)
     scores = detection_scores(clf, feats, stored_group(stored))["calm"]
@@ -535,6 +563,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--per-call", action="store_true",
         help="the clips of one folder are the segments of one call: calibrate the call score calmd decides on",
     )  # fmt: skip
+    ca.add_argument(
+        "--teach", action="store_true",
+        help="also teach them: the clips join the genuine side's support (as `calm add` does) and the threshold is "
+        "set again from leave-one-out over the new support; moves the scores, not only the threshold, so EER can "
+        "fall (--far is not used)",
+    )  # fmt: skip
+    ca.add_argument("--label", help="with --teach: the genuine class, when the detector has several")
     ca.add_argument("--out", type=Path, help="write here instead of replacing the classifier file")
     _model_args(ca, required=False)
     ca.set_defaults(func=cmd_calibrate)

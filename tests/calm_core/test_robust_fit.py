@@ -103,3 +103,18 @@ def test_calibrate_refuses_a_classifier_that_is_no_detector(tiny_model_dir, tone
     sf.write(site / "a.wav", np.zeros(16_000, np.float32), 16_000)
     proc = calm("calibrate", "--classifier", str(out), "--genuine", str(site), check=False)
     assert proc.returncode != 0 and "is not a detector (fit it with --positive CLASS" in proc.stderr
+
+
+def test_calibrate_teach_puts_the_sites_genuine_clips_into_the_support(augmented, tmp_path) -> None:
+    out, cache, _ = augmented
+    site = write_tone_dataset(tmp_path / "site", {"hum": 130.0}, per_class=3)
+    proc = calm("calibrate", "--classifier", str(out), "--genuine", str(site), "--teach", check=False)
+    assert proc.returncode == 2 and "the genuine side has 3 classes (beep, hum, whistle)" in proc.stderr
+    taught = tmp_path / "taught.calm.safetensors"
+    summary = json.loads(calm("calibrate", "--classifier", str(out), "--genuine", str(site), "--teach", "--label",
+                              "hum", "--out", str(taught), "--cache-dir", str(cache)).stdout)  # fmt: skip
+    assert summary["support_before"]["hum"] + 3 == summary["support_after"]["hum"]
+    clf = CalmClassifier.load(taught)
+    decision = clf.info["decision"]
+    assert decision["positive"] == ["siren"] and decision["scores_from"] == "leave-one-out support"
+    assert decision == summary["decision"] and decision["n_negative"] == 15 + 3
