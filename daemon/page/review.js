@@ -341,7 +341,8 @@ function judge(verdict, label) {
 }
 
 document.addEventListener("keydown", (e) => {
-  if (e.ctrlKey || e.metaKey || e.altKey || e.target.closest("input, select, textarea")) return;
+  const typing = e.target instanceof Element && e.target.closest("input, select, textarea");
+  if (e.ctrlKey || e.metaKey || e.altKey || typing) return;
   if (document.body.dataset.tab !== "review") return;
   const help = document.getElementById("help");
   const labels = (review.state && review.state.classifier && review.state.classifier.labels) || [];

@@ -289,6 +289,25 @@ def test_in_chromium_a_detection_relabelled_as_a_new_class_is_applied_and_undone
         detected = {slot(d["start_s"]): d["label"] for d in two}
         assert back.label == detected[slot(back.start_s)]  # the label it had before
         assert all(d["verdict"]["state"] == "pending" for d in calmd.review()["detections"] if d["verdict"])
+
+        # the history lists both versions with their classes and support; Redo serves live-v2 again
+        browser.execute_script("location.hash = '#versions'")
+        rows = """return [...document.querySelectorAll('#versions tr')].map((r) => [r.dataset.version,
+                  r.children[2].textContent, r.classList.contains('serving')])"""
+        history = shown(browser, rows + ".filter((r) => r[0] === 'live-v2' && r[1].includes('voice (2)'))")
+        assert history, browser.execute_script(rows)
+        assert [r[0] for r in browser.execute_script(rows)] == ["live-v2", "live-v1"]
+        assert browser.execute_script(rows)[1][2]  # live-v1 is the one served
+        screenshot(browser, tmp_path / "versions.png", record_property)
+        browser.execute_script("location.hash = '#review'")
+        click(browser, "#redo")
+        assert shown(browser, "return !document.getElementById('confirm').hidden")
+        click(browser, "#confirm button.confirm")
+        redone = shown(browser, JOB, "restore")
+        assert redone is not None and "job-done" in redone[0] and redone[2] == "live-v2", redone
+        assert file_sha256(calmd.live) == file_sha256(calmd.review_dir / "versions/live-v2.calm.safetensors")
+        verdicts = [d["verdict"] for d in calmd.review()["detections"] if d["verdict"]]
+        assert verdicts and all((v["state"], v["version"]) == ("applied", "live-v2") for v in verdicts), verdicts
         log = calmd.daemon.log()
     assert "review apply done: calmd now serves live-v2" in log and "reloaded" in log
 
