@@ -72,6 +72,7 @@ class Version:
     created_utc: str
     taught: dict[str, str] = field(default_factory=dict)  # clip -> class
     note: str = ""
+    checked: dict[str, dict[str, Any]] = field(default_factory=dict)  # clip -> how this version labels it
 
 
 @dataclass
@@ -161,6 +162,8 @@ class Review:
             for d in listed:
                 verdict = self.verdicts.get(d["clip"])
                 d["verdict"] = asdict(verdict) if verdict else None
+                applied = self._version(verdict.version) if verdict and verdict.version else None
+                d["check"] = applied.checked.get(d["clip"]) if applied else None  # how that version labels it
             return {
                 "enabled": self.clips_dir is not None,
                 "classifier": serving,
@@ -178,8 +181,10 @@ class Review:
 
     def _described(self, v: Version) -> dict[str, Any]:
         """A version as the page's history lists it: its date, what it taught, its classes and their support."""
+        as_taught = sum(c.get("label") == v.taught.get(k) for k, c in v.checked.items())
         described = {"name": v.name, "parent": v.parent, "created_utc": v.created_utc, "taught": len(v.taught),
-                     "note": v.note, "sha256": v.sha256}  # fmt: skip
+                     "note": v.note, "sha256": v.sha256, "checked": len(v.checked),
+                     "checked_as_taught": as_taught}  # fmt: skip
         return {**described, **classes_of(self.dir / v.file, v.sha256)}
 
     def _redo_to(self) -> str | None:
@@ -352,6 +357,8 @@ class Review:
             summary = self._refit(copies, out)
             version.sha256 = file_sha256(out)
             version.note = "; ".join(f"{c}: {summary_counts(summary, c)}" for c in plan)
+            clip_of = {copy: clip for (label, clips) in plan.items() for clip, copy in zip(clips, copies[label])}
+            version.checked = {clip_of[p]: v for p, v in summary.get("labelled", {}).items() if p in clip_of}
             with self.lock:
                 self.installing = version  # what calmd names the file it reloads
             install(out, self.live)
@@ -376,7 +383,8 @@ class Review:
                 self.verdicts[clip].state, self.verdicts[clip].version = "applied", version.name
             self._save()
         taught = ", ".join(f"{len(clips)} to {c!r}" for c, clips in plan.items())
-        return f"calmd now serves {version.name}: {taught}" + (f"; {wait_note}" if wait_note else ""), version.name
+        message = f"calmd now serves {version.name}: {taught}; {_checked_note(version)}"
+        return message + (f"; {wait_note}" if wait_note else ""), version.name
 
     def _undo(self) -> tuple[str, str | None]:
         with self.lock:
@@ -516,6 +524,17 @@ class Review:
         thread = self.thread
         if thread is not None:
             thread.join(CLOSE_JOIN_S)
+
+
+def _checked_note(version: Version) -> str:
+    """What a version's check of its taught clips found, in one phrase."""
+    missed = {c: v["label"] for c, v in version.checked.items() if v.get("label") != version.taught.get(c)}
+    if not version.checked:
+        return "its labels of the taught clips are unknown"
+    if not missed:
+        return f"it labels all {len(version.checked)} taught clips as taught"
+    listed = ", ".join(f"{c} as {label}" for c, label in list(missed.items())[:5])
+    return f"{len(missed)} of {len(version.checked)} taught clips are still not labelled as taught ({listed})"
 
 
 class Interrupted(Refused):

@@ -17,15 +17,17 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from calm_core.backbones import LoadOptions, load_backbone
 from calm_core.backbones.base import Backbone
+from calm_core.channels import Preprocessing
 from calm_core.classifier import CalmClassifier
 from calm_core.errors import CalmError
-from calm_core.features import default_cache_dir
+from calm_core.features import FeatureStore, default_cache_dir
 from calm_core.refit import FitRecord, add_clips, format_add
 
 log = logging.getLogger("calmd.teach")
@@ -55,8 +57,21 @@ def teach(classifier: Path, plan: dict[str, list[Path]], out: Path, model: str, 
                            source=str(classifier), model_path=model)  # fmt: skip
         steps.append(format_add(result, current, out, time.perf_counter() - t0))
         current = result.classifier
+    labelled = labelled_by(current, [p for paths in plan.values() for p in paths], open_backbone, cache_dir,
+                           FitRecord.from_info(current.info, str(classifier)).layers)  # fmt: skip
     current.save(out)
-    return {"classifier": str(out), "labels": current.labels, "exit_layer": current.exit_layer, "steps": steps}
+    return {"classifier": str(out), "labels": current.labels, "exit_layer": current.exit_layer, "steps": steps,
+            "labelled": labelled}  # fmt: skip
+
+
+def labelled_by(
+    clf: CalmClassifier, paths: list[Path], open_backbone: Callable[[int], Backbone], cache_dir: Path, layers: int
+) -> dict[str, dict[str, Any]]:
+    """How the new classifier labels each clip it was just taught (features from the cache the refit filled):
+    a prototype is a mean, so a taught clip may still fall nearer another class, and the reviewer should know."""
+    store = FeatureStore(open_backbone(layers), cache_dir, 4, Preprocessing.of(clf.info))
+    feats = store.extract(paths, layers - 1, progress=False, desc="check")  # (N, L, H, D)
+    return {str(p): {"label": pred.label, "score": round(pred.score, 4)} for p, pred in zip(paths, clf.predict(feats))}
 
 
 def install(version_file: Path, live: Path) -> None:

@@ -160,6 +160,14 @@ function detectionCard(d, labels) {
       (v.state === "applied" ? `applied in ${v.version}` : v.state)
     : "not reviewed";
   c.verdict.className = `verdict ${v ? `verdict-${v.state}` : "muted"}`;
+  // Did teaching work? How the version it was taught in labels the clip now.
+  if (v && v.state === "applied" && d.check) {
+    const missed = d.check.label !== v.label;
+    const check = el("span", missed ? "check check-missed" : "check check-ok",
+      missed ? ` · ⚠ ${v.version} still labels it ${d.check.label} (${fixed(d.check.score, 2)})`
+        : ` · ${v.version} labels it ${d.check.label} ✓`);
+    c.verdict.append(check);
+  }
   c.root.dataset.verdict = v ? `${v.kind}:${v.label || ""}:${v.state}` : "";
   renderControls(c, d, labels);
   return c.root;

@@ -104,7 +104,13 @@ function renderVersions(s) {
     if (v.name === s.current) name.append(el("span", "badge", "serving"));
     const classes = (v.labels || []).map((c) => (v.support && c in v.support ? `${c} (${v.support[c]})` : c));
     row.append(name, el("td", "muted", `${day(v.created_utc)} ${clock(v.created_utc)}`));
-    row.append(el("td", "", classes.join(", ") || "?"), el("td", "num", v.taught), el("td", "muted", v.note));
+    const taught = el("td", "num", v.taught);
+    if (v.checked) {
+      const all = v.checked_as_taught === v.checked;
+      taught.append(el("div", all ? "check check-ok" : "check check-missed",
+        all ? "all labelled as taught" : `${v.checked - v.checked_as_taught} not labelled as taught`));
+    }
+    row.append(el("td", "", classes.join(", ") || "?"), taught, el("td", "muted", v.note));
     const cell = el("td");
     if (v.name !== s.current) {
       const restore = el("button", "restore", "Restore…");

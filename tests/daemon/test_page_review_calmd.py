@@ -255,6 +255,15 @@ def test_in_chromium_a_detection_relabelled_as_a_new_class_is_applied_and_undone
         done = shown(browser, JOB, "apply")
         assert done is not None and "job-done" in done[0], (done, calmd.daemon.log()[-3000:])
         assert done[2] == "live-v2" and "calmd now serves live-v2" in done[1]
+        # did teaching work: how live-v2 labels each clip it was taught, in the job and on each card
+        assert "taught clips as taught" in done[1] or "not labelled as taught" in done[1], done[1]
+        for d in two:
+            check = next(x["check"] for x in calmd.review()["detections"] if x["clip"] == d["clip"])
+            assert check is not None and check["label"], check
+            card_check = IN_CARD + "return card.querySelector('.verdict .check')?.textContent"
+            assert f"live-v2 {'still ' if check['label'] != NEW_CLASS else ''}labels it {check['label']}" in shown(
+                browser, card_check, d["clip"]
+            )
         state = calmd.review()
         assert state["current"] == "live-v2" and state["undo_to"] == "live-v1"
         assert file_sha256(calmd.live) == file_sha256(calmd.review_dir / "versions/live-v2.calm.safetensors")

@@ -165,3 +165,34 @@ def test_in_chromium_a_reviewer_judges_by_keyboard_and_in_bulk_at_400_px(
         assert shown(browser, hidden)
     finally:
         browser.set_window_size(1280, 900)
+
+
+def test_in_chromium_a_taught_clip_the_new_version_still_labels_as_before_is_flagged(
+    page: Page,
+    browser: Any,  # noqa: F811
+    tmp_path: Path,
+    record_property: Any,
+) -> None:
+    from calmd.review import Verdict, Version
+
+    kept, missed = (save(page.rec, "beep", 0.7, n) for n in range(2))
+    review = page.review
+    assert review is not None
+    with review.lock:  # what an Apply that taught both clips "hum" leaves, its check included
+        taught = {kept: "hum", missed: "hum"}
+        checked = {kept: {"label": "hum", "score": 0.8}, missed: {"label": "beep", "score": 0.6}}
+        made = "2026-12-07T10:00:00.000Z"
+        v2 = Version("live-v2", "versions/live-v2.calm.safetensors", "0" * 64, "live-v1", made, taught, "", checked)
+        review.versions.append(v2)
+        review.current = "live-v2"
+        for clip in taught:
+            review.verdicts[clip] = Verdict("relabel", "hum", "beep", "applied", made, "live-v2")
+    browser.get(page.live.url + "#review")
+    card = "return [...document.querySelectorAll('article.detection')].find((a) => a.dataset.clip === arguments[0])" \
+           "?.querySelector('.verdict .check')?.textContent"  # fmt: skip
+    assert shown(browser, card, missed) == " · ⚠ live-v2 still labels it beep (0.60)"
+    assert shown(browser, card, kept) == " · live-v2 labels it hum ✓"
+    screenshot(browser, tmp_path / "review-taught-check.png", record_property)
+    browser.execute_script("location.hash = '#versions'")
+    row = "return document.querySelector('#versions tr[data-version=\"live-v2\"] .check')?.textContent"
+    assert shown(browser, row) == "1 not labelled as taught"
