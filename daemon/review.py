@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from calm_core.fingerprint import file_sha256
 from .events import utc_iso
 from .page.server import Refused, clip_path
 from .review_query import Query, Sidecars, page_of
+from .review_records import Interrupted, Job, Verdict, Version, checked_note, mark_taught, remove_version_file
 from .teach import classes_of, install, summary_counts
 
 log = logging.getLogger("calmd.review")
@@ -51,38 +52,6 @@ LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # a page-made class na
 REFIT_TIMEOUT_S = 3600.0  # the child loads the model for the new clips: minutes for a 7B model on a CPU
 RELOAD_TIMEOUT_S = 300.0
 CLOSE_JOIN_S = 10.0
-
-
-@dataclass
-class Verdict:
-    kind: str  # right | wrong | relabel | new
-    label: str | None  # the class it teaches (None: wrong)
-    detected: str  # the label calmd gave it
-    state: str  # pending | applied | recorded (wrong)
-    time_utc: str
-    version: str | None = None  # the classifier it was applied in
-
-
-@dataclass
-class Version:
-    name: str  # e.g. "garden-v3"
-    file: str  # relative to review_dir
-    sha256: str
-    parent: str | None  # what Undo goes back to
-    created_utc: str
-    taught: dict[str, str] = field(default_factory=dict)  # clip -> class
-    note: str = ""
-    checked: dict[str, dict[str, Any]] = field(default_factory=dict)  # clip -> how this version labels it
-
-
-@dataclass
-class Job:
-    action: str  # apply | undo
-    state: str = "running"  # running | done | failed | interrupted (calmd stopped)
-    message: str = ""
-    classifier: str | None = None
-    started_utc: str = field(default_factory=lambda: utc_iso(time.time()))
-    finished_utc: str | None = None
 
 
 class Review:
@@ -371,7 +340,7 @@ class Review:
                 raise Refused(409, f"calmd did not take {version.name} ({error}); it still serves {base.name}, "
                                    f"and {out} is kept")  # fmt: skip
         except Interrupted:
-            _remove_version_file(out)  # nothing refers to it: the number is free again
+            remove_version_file(out)  # nothing refers to it: the number is free again
             raise
         finally:
             with self.lock:
@@ -383,7 +352,7 @@ class Review:
                 self.verdicts[clip].state, self.verdicts[clip].version = "applied", version.name
             self._save()
         taught = ", ".join(f"{len(clips)} to {c!r}" for c, clips in plan.items())
-        message = f"calmd now serves {version.name}: {taught}; {_checked_note(version)}"
+        message = f"calmd now serves {version.name}: {taught}; {checked_note(version)}"
         return message + (f"; {wait_note}" if wait_note else ""), version.name
 
     def _undo(self) -> tuple[str, str | None]:
@@ -410,29 +379,9 @@ class Review:
                                f"it still serves {current.name}")  # fmt: skip
         with self.lock:
             self.current = target.name
-            self._mark_taught(target)
+            mark_taught(self.verdicts, self.versions, target)
             self._save()
         return f"calmd serves {target.name} ({current.name} is kept)", target.name
-
-    def _lineage(self, version: Version) -> list[Version]:
-        """Under the lock: a version and its ancestors, itself first."""
-        chain: list[Version] = []
-        v: Version | None = version
-        while v is not None and v not in chain:
-            chain.append(v)
-            v = self._version(v.parent)
-        return chain
-
-    def _mark_taught(self, served: Version) -> None:
-        """Under the lock: a verdict a served version (or an ancestor) was taught reads 'applied' in it; one
-        taught only in versions no longer served goes back to pending (change or clear it, or Apply again)."""
-        applied = {clip: v.name for v in reversed(self._lineage(served)) for clip in v.taught}
-        taught = {clip for v in self.versions for clip in v.taught}
-        for clip, verdict in self.verdicts.items():
-            if clip in applied and verdict.label == self._version(applied[clip]).taught.get(clip):  # type: ignore[union-attr]
-                verdict.state, verdict.version = "applied", applied[clip]
-            elif clip in taught and verdict.state == "applied":
-                verdict.state, verdict.version = "pending", None
 
     def _sync_live(self) -> Version:
         """Under the lock: the version the live file holds; a file the page has not seen (the first one, or one
@@ -499,7 +448,7 @@ class Review:
         except subprocess.TimeoutExpired:
             self.child.kill()
             self.child.communicate()
-            _remove_version_file(out)
+            remove_version_file(out)
             raise Refused(504, f"the refit took longer than {REFIT_TIMEOUT_S:.0f} s and was stopped") from None
         finally:
             plan_file.unlink(missing_ok=True)
@@ -524,27 +473,3 @@ class Review:
         thread = self.thread
         if thread is not None:
             thread.join(CLOSE_JOIN_S)
-
-
-def _checked_note(version: Version) -> str:
-    """What a version's check of its taught clips found, in one phrase."""
-    missed = {c: v["label"] for c, v in version.checked.items() if v.get("label") != version.taught.get(c)}
-    if not version.checked:
-        return "its labels of the taught clips are unknown"
-    if not missed:
-        return f"it labels all {len(version.checked)} taught clips as taught"
-    listed = ", ".join(f"{c} as {label}" for c, label in list(missed.items())[:5])
-    return f"{len(missed)} of {len(version.checked)} taught clips are still not labelled as taught ({listed})"
-
-
-class Interrupted(Refused):
-    """Apply or Undo stopped because calmd is stopping: the classifier file and the versions are as before."""
-
-    def __init__(self) -> None:
-        super().__init__(503, "interrupted by shutdown: nothing changed; start it again once calmd runs")
-
-
-def _remove_version_file(out: Path) -> None:
-    """A version file no version refers to, and the temporary files a stopped writer left beside it."""
-    for path in (out, *out.parent.glob(f"{out.name}.*.tmp")):
-        path.unlink(missing_ok=True)
