@@ -159,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
         clips = cfg.clips.dir if cfg.clips.enabled else None
         model = (cfg.model.path, cfg.model.device)
         serving = lambda: {"name": service.model.name, "fingerprint": service.model.digest,  # noqa: E731
-                           "labels": service.model.classifier.classes, "error": service.error}  # fmt: skip
+                           "labels": service.model.classifier.classes, "error": service.error,
+                           "positive": list(service.model.policy.group) if service.model.policy else []}  # fmt: skip
         # the page's review reloads through the same gate as SIGHUP
         review = Review(cfg.model.classifier, clips, cfg.page.review_dir, model, serving, reloads.reload_and_wait)
     service = Service(cfg, metrics, version_name=review.version_name if review else None)

@@ -205,7 +205,8 @@ class Review:
         return next((v for v in self.versions if v.name == name), None)
 
     # ---- verdicts --------------------------------------------------------------------------------
-    def verdict(self, who: str, clip: str, kind: str, label: str | None) -> dict[str, Any]:
+    def verdict(self, who: str, clip: str, kind: str, label: str | None, positive: bool = False) -> dict[str, Any]:
+        """positive: a new class that joins the detector's positive group (a new kind of attack)."""
         if self.clips_dir is None:
             raise Refused(409, "saved clips are off ([clips] enabled = false): there is nothing to review")
         if kind not in KINDS:
@@ -217,8 +218,12 @@ class Review:
             detected = str(json.loads(path.with_suffix(".json").read_text())["label"])
         except (OSError, ValueError, KeyError, TypeError):
             raise Refused(404, f"{clip!r}: no readable sidecar: not a saved detection") from None
-        labels = self.serving()["labels"]
-        target = self._target(kind, label, detected, labels)
+        serving = self.serving()
+        target = self._target(kind, label, detected, serving["labels"])
+        if positive and kind != "new":
+            raise Refused(400, "positive: only a new class (a new kind of attack) joins the positive group")
+        if positive and not serving.get("positive"):
+            raise Refused(409, "the classifier has no positive group (not a detector): teach a plain new class")
         with self.lock:
             self._idle()
             old = self.verdicts.get(clip)
@@ -228,9 +233,10 @@ class Review:
                 self.verdicts.pop(clip, None)
             else:
                 state = "recorded" if kind == "wrong" else "pending"
-                self.verdicts[clip] = Verdict(kind, target, detected, state, utc_iso(time.time()))
+                self.verdicts[clip] = Verdict(kind, target, detected, state, utc_iso(time.time()), positive=positive)
             self._save()
-            self._journal(who, "verdict", clip=clip, kind=kind, label=target, detected=detected)
+            extra = {"positive": True} if positive else {}
+            self._journal(who, "verdict", clip=clip, kind=kind, label=target, detected=detected, **extra)
             return {"clip": clip, "verdict": asdict(self.verdicts[clip]) if clip in self.verdicts else None}
 
     @staticmethod
@@ -323,7 +329,7 @@ class Review:
         version.taught = {c: lab for lab, clips in plan.items() for c in clips}
         out = self.dir / version.file
         try:
-            summary = self._refit(copies, out)
+            summary = self._refit(copies, out, sorted({str(v.label) for v in pending.values() if v.positive}))
             version.sha256 = file_sha256(out)
             version.note = "; ".join(f"{c}: {summary_counts(summary, c)}" for c in plan)
             clip_of = {copy: clip for (label, clips) in plan.items() for clip, copy in zip(clips, copies[label])}
@@ -432,13 +438,15 @@ class Review:
                     shutil.copyfile(path, copy.with_suffix(path.suffix))
         return copy
 
-    def _refit(self, plan: dict[str, list[str]], out: Path) -> dict[str, Any]:
+    def _refit(self, plan: dict[str, list[str]], out: Path, positive: list[str]) -> dict[str, Any]:
         """python -m calmd.teach: `calm add` per class, in a child process."""
         plan_file = self.dir / ".plan.json"
         plan_file.write_text(json.dumps(plan))
         out.parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "calmd.teach", "--classifier", str(self.live), "--plan", str(plan_file),
                "--out", str(out), "--model", self.model_path, "--device", self.device]  # fmt: skip
+        for label in positive:  # new classes that join the detector's positive group
+            cmd += ["--positive", label]
         with self.lock:
             if self.closed:
                 raise Refused(503, "calmd is stopping")

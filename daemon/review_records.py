@@ -21,6 +21,7 @@ class Verdict:
     state: str  # pending | applied | recorded (wrong)
     time_utc: str
     version: str | None = None  # the classifier it was applied in
+    positive: bool = False  # a new class joining the detector's positive group (a new kind of attack)
 
 
 @dataclass

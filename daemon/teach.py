@@ -35,8 +35,16 @@ log = logging.getLogger("calmd.teach")
 EXIT_REFUSED = 2  # the refit refused the clips or the classifier (the message is on stderr)
 
 
-def teach(classifier: Path, plan: dict[str, list[Path]], out: Path, model: str, device: str) -> dict[str, Any]:
-    """Add each class's clips in turn (an existing class or a new one) and write the result to out."""
+def teach(
+    classifier: Path,
+    plan: dict[str, list[Path]],
+    out: Path,
+    model: str,
+    device: str,
+    positive: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    """Add each class's clips in turn (an existing class or a new one) and write the result to out; a class in
+    `positive` joins the detector's positive group (`calm add --positive`)."""
     clf = CalmClassifier.load(classifier)
     record = FitRecord.from_info(clf.info, str(classifier))
     cache_dir = Path(record.cache_dir) if record.cache_dir else default_cache_dir()
@@ -54,7 +62,7 @@ def teach(classifier: Path, plan: dict[str, list[Path]], out: Path, model: str, 
     for label, paths in plan.items():
         t0 = time.perf_counter()
         result = add_clips(current, paths, label, open_backbone=open_backbone, cache_dir=cache_dir,
-                           source=str(classifier), model_path=model)  # fmt: skip
+                           source=str(classifier), model_path=model, positive=label in positive)  # fmt: skip
         steps.append(format_add(result, current, out, time.perf_counter() - t0))
         current = result.classifier
     labelled = labelled_by(current, [p for paths in plan.values() for p in paths], open_backbone, cache_dir,
@@ -116,11 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path, help="the new classifier file")
     p.add_argument("--model", required=True, help="calmd's model.path")
     p.add_argument("--device", default="cpu", help="calmd's model.device")
+    p.add_argument("--positive", action="append", default=[], help="a taught class that joins the positive group")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         plan = {str(k): [Path(c) for c in v] for k, v in json.loads(args.plan.read_text()).items()}
-        summary = teach(args.classifier, plan, args.out, args.model, args.device)
+        summary = teach(args.classifier, plan, args.out, args.model, args.device, frozenset(args.positive))
     except (CalmError, ValueError, OSError) as e:
         print(str(e), file=sys.stderr)
         return EXIT_REFUSED

@@ -6,7 +6,7 @@ GET  /api/review         the review (calmd.review.Review.state), readable withou
                          &until= &unreviewed=1 &anchor= &offset= &limit= (calmd.review_query)
 POST /api/login          {"password"}: a session cookie and its CSRF token; 401 wrong, 429 too many tries
 POST /api/logout
-POST /api/review/verdict {"clip", "verdict": right|wrong|relabel|new|clear, "label"}
+POST /api/review/verdict {"clip", "verdict": right|wrong|relabel|new|clear, "label", "positive" (new only)}
 POST /api/review/verdicts {"clips": [...], "verdict", "label"}: one verdict for many clips
 POST /api/review/apply   refit with the pending verdicts (202: a job the page follows in /api/review)
 POST /api/review/undo    back to the classifier before (202)
@@ -106,14 +106,15 @@ class PageApi:
             clip, kind, label = data.get("clip"), data.get("verdict"), data.get("label")
             if not isinstance(clip, str) or not isinstance(kind, str) or not isinstance(label, (str, type(None))):
                 raise Refused(400, 'expected {"clip": "...", "verdict": "...", "label": "..." or null}')
-            return Reply(200, self.review.verdict(client, clip, kind, label))
+            return Reply(200, self.review.verdict(client, clip, kind, label, _positive(data)))
         if path == "/api/review/verdicts":  # one verdict for many clips (the page's bulk verdicts)
             clips, kind, label = data.get("clips"), data.get("verdict"), data.get("label")
             if not isinstance(clips, list) or not all(isinstance(c, str) for c in clips) or not isinstance(kind, str):
                 raise Refused(400, 'expected {"clips": ["...", ...], "verdict": "...", "label": "..." or null}')
             if not isinstance(label, (str, type(None))) or len(clips) > BULK_MAX:
                 raise Refused(400, f"a label is a string or null, and at most {BULK_MAX} clips go in one request")
-            return Reply(200, {"verdicts": [self.review.verdict(client, c, kind, label) for c in clips]})
+            positive = _positive(data)
+            return Reply(200, {"verdicts": [self.review.verdict(client, c, kind, label, positive) for c in clips]})
         version = data.get("version")
         if not isinstance(version, (str, type(None))):
             raise Refused(400, 'expected {"version": "..."}')
@@ -148,3 +149,11 @@ class PageApi:
         if not isinstance(data, dict):
             raise Refused(400, "the body is not a JSON object")
         return data
+
+
+def _positive(data: dict[str, Any]) -> bool:
+    """A verdict's "positive" (a new class joining the detector's positive group): true, false or absent."""
+    positive = data.get("positive", False)
+    if not isinstance(positive, bool):
+        raise Refused(400, f'"positive": true or false, not {positive!r}')
+    return positive

@@ -204,23 +204,6 @@ function render() {
   renderCalls();
 }
 
-function renderCalls() {
-  const calls = [...model.calls.values()].reverse();
-  document.getElementById("no-calls").hidden = calls.length > 0;
-  document.getElementById("tab-calls-count").textContent = calls.length ? String(calls.length) : "";
-  document.getElementById("calls").replaceChildren(
-    ...calls.map((call) => {
-      const row = el("tr");
-      row.dataset.call = call.call;
-      const decision = DECISIONS.has(call.decision) ? call.decision : "none";
-      row.append(el("td", "", call.call), el("td", "muted", call.protocol));
-      row.append(el("td", `decision decision-${decision}`, call.decision), el("td", "num", fixed(call.score, 3)));
-      row.append(el("td", "num", call.segments), el("td", "muted", call.final ? "final" : "running"));
-      return row;
-    }),
-  );
-}
-
 let scheduled = false;
 function schedule() {
   if (scheduled) return;

@@ -47,6 +47,7 @@ STATIC = {
     "/session.js": ("session.js", "text/javascript; charset=utf-8"),
     "/review.js": ("review.js", "text/javascript; charset=utf-8"),
     "/versions.js": ("versions.js", "text/javascript; charset=utf-8"),
+    "/calls.js": ("calls.js", "text/javascript; charset=utf-8"),
     "/style.css": ("style.css", "text/css; charset=utf-8"),
 }
 CLIP_TYPES = {  # what the clips folder holds; anything else there is not served
