@@ -2,8 +2,10 @@
 backbone, against the stock transformers forward on the same NF4 weights.
 
 Reduced depth so that it runs in CI: the config keeps the release's 32 decoder layers, only layers 0 and 1 are
-written and loaded; the audio encoder keeps its full width (d_model 1280, 20 heads, ffn 5120) with 2 of its 32
-layers (all 32 would add about 1.3 GB to write and a 30 s padded stock encoder run to the test's time).
+written and loaded; the audio encoder keeps its full width (d_model 1280, 20 heads, ffn 5120) but 2 of its 32
+layers. All 32 would cost 1.3 GB more to write, about 2.4 GB more resident (30 layers of 19.7 M parameters, fp32
+under NF4 on CPU), and 44 s for each stock 30 s padded encoder run (measured on a loaded 2-core machine), of which
+the test makes two.
 """
 
 from __future__ import annotations
