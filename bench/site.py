@@ -45,7 +45,7 @@ from calm_core.classifier import PRESETS, CalmClassifier
 from calm_core.conditioning import VERSION, condition
 from calm_core.data import label_index, load_examples
 from calm_core.detection import eer, log_odds, per_call
-from calm_core.devsets import build_devset
+from calm_core.devsets import build_devset, default_devset_dir
 from calm_core.devsets.calls import GENUINE_SOURCES, SPOOF_SOURCES
 from calm_core.features import default_cache_dir
 from calm_core.telephone import band_limit
@@ -109,6 +109,14 @@ def monitor(name: str, backbone, args: argparse.Namespace, backgrounds: list[np.
     pool, test = load_examples(data / "pool"), load_examples(data / "test")
     names, y = label_index(pool)
     _, ty = label_index(test, names)
+    if args.limit:  # a quick run: the first N test and 2N pool clips of each class
+
+        def first(labels: list[int], n: int) -> list[int]:
+            return [i for c in range(len(names)) for i in [j for j, v in enumerate(labels) if v == c][:n]]
+
+        keep, keep_pool = first(ty, args.limit), first(y, 2 * args.limit)
+        test, ty = [test[i] for i in keep], [ty[i] for i in keep]
+        pool, y = [pool[i] for i in keep_pool], [y[i] for i in keep_pool]
     pool_audio = [load_audio(e.path) for e in pool]
     test_audio = [load_audio(e.path) for e in test]
     store = Features(backbone, default_cache_dir().parent / "bench" / "site" / backbone.fingerprint.digest[:16])
@@ -172,13 +180,16 @@ def _monitor_fit(method: str, sup: torch.Tensor, lab: torch.Tensor, names: list[
 # ---- calls --------------------------------------------------------------------------------------------------
 def calls(backbone, args: argparse.Namespace) -> dict:  # type: ignore[no-untyped-def]
     data_dir = build_devset("calls")
+    if args.per_source:  # a quick run on a smaller build of the set (the one bench/calls.py --per-source makes)
+        data_dir = build_devset("calls", Path(f"{default_devset_dir('calls')}-{args.per_source}"), args.per_source)
     manifest = json.loads((data_dir / "manifest.json").read_text())["clips"]
     paths = [data_dir / c["file"] for c in manifest]
     is_spoof = np.array([c["class"] == "spoof" for c in manifest])
     source = np.array([c["source"] for c in manifest])
     split = np.array([c["split"] for c in manifest])
     store = Features(backbone, default_cache_dir().parent / "bench" / "calls" / backbone.fingerprint.digest[:16])
-    feats = store.get("calls:none", [load_audio(p) for p in paths], lambda i, x: x)
+    key = f"calls-{args.per_source}" if args.per_source else "calls"  # bench/calls.py's key: one cache for both
+    feats = store.get(f"{key}:none", [load_audio(p) for p in paths], lambda i, x: x)
     rng = np.random.default_rng(args.seed)
     rows: dict = {p: {m: {"call_eer": [], "clip_eer": [], "fa": [], "miss": []} for m in args.call_site_clips}
                   for p in CALL_PIPELINES}  # fmt: skip
@@ -317,6 +328,8 @@ def main() -> int:
     p.add_argument("--call-site-clips", type=int, nargs="+", default=[0, 2, 8])
     p.add_argument("--call-draws", type=int, default=2, help="support draws per fold (16 folds)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=0, help="quick run: N test and 2N pool clips per class")
+    p.add_argument("--per-source", type=int, default=0, help="quick run: the calls set built with N clips per source")
     p.add_argument("--out", type=Path, default=Path("docs/robustness.md"))
     args = p.parse_args()
     logging.getLogger("calm_core.classifier").setLevel(logging.ERROR)

@@ -17,7 +17,7 @@ import torch
 from . import calm
 
 if TYPE_CHECKING:
-    from .classifier import CalmConfig
+    from .settings import CalmConfig
 
 TOP_K_CANDIDATES = (5, 10, 20, 40)  # heads per class tried by top_k = "auto"
 DEFAULT_TOP_K = 20  # the paper's setting; preferred among candidates that tie

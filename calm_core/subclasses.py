@@ -17,11 +17,32 @@ import torch
 from . import calm, fitting
 
 if TYPE_CHECKING:
-    from .classifier import CalmConfig
+    from .settings import CalmConfig
 
 SUB = "/"
 MIN_PER_PART = 2  # leave-one-out reliability needs 2 clips in each sub-class
 MIN_GAIN = 2  # support clips a split must win: a split of one kind of sound in two can win one by chance
+
+
+def parent_of(label: str) -> str:
+    """The class a (sub-)class label is reported as: `spoof/neural` -> `spoof`, `glass` -> `glass`."""
+    return label.split(SUB, 1)[0]
+
+
+def group_members(labels: list[str], group: str | list[str] | tuple[str, ...]) -> list[int]:
+    """Indices of the (sub-)classes in a group of names: a name takes itself and, when it is a class, all its
+    sub-classes (`spoof` takes `spoof/classic` and `spoof/neural`). ValueError names what matches nothing."""
+    names = [group] if isinstance(group, str) else list(group)
+    if not names:
+        raise ValueError("the positive group is empty: name at least one class")
+    missing = [n for n in names if not any(lab == n or parent_of(lab) == n for lab in labels)]
+    if missing:
+        raise ValueError(f"--positive {', '.join(map(repr, missing))} is not a class of this classifier "
+                         f"(classes: {', '.join(labels)})")  # fmt: skip
+    members = [i for i, lab in enumerate(labels) if lab in names or parent_of(lab) in names]
+    if len(members) == len(labels):
+        raise ValueError(f"--positive {', '.join(names)} takes every class: a detector needs a negative side")
+    return members
 
 
 @dataclass
