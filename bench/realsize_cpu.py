@@ -267,6 +267,7 @@ def report(result: dict[str, Any], side_by_side: dict[str, Any] | None = None) -
             f"{r['gpu_sizing_decoder_bytes'] / mib:.0f} MiB | {r['gpu_sizing_decoder_bytes'] / dec:.3f} |"
         )
     product = result.get("product")
+    failed = lambda rc: f" (failed: status {rc})" if rc else ""  # noqa: E731
     if product:
         out += ["", "| precision | calm fit (6 clips) | calm classify (6 clips) | calmd: labels | calmd latency "
                 "median / max | peak RSS fit / classify |", "|---|---|---|---|---|---|"]  # fmt: skip
@@ -278,7 +279,7 @@ def report(result: dict[str, Any], side_by_side: dict[str, Any] | None = None) -
             med = f"{statistics.median(lat) / 1e3:.1f} s / {lat[-1] / 1e3:.1f} s" if lat else "-"
             fit, cls = run["fit"], run["classify"]
             out.append(
-                f"| {dtype} | {fit['wall_s']:.0f} s (exit {fit['rc']}) | {cls['wall_s']:.0f} s (exit {cls['rc']}) | "
+                f"| {dtype} | {fit['wall_s']:.0f} s{failed(fit['rc'])} | {cls['wall_s']:.0f} s{failed(cls['rc'])} | "
                 f"{run['calmd']['labels']} of {int(product['stream_s'] / SEGMENT_S)} | {med} | "
                 f"{fit['peak_rss_mb']:.0f} / {cls['peak_rss_mb']:.0f} MiB |"
             )
