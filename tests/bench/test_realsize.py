@@ -136,3 +136,32 @@ def test_loading_layers_the_folder_lacks_is_refused(model_dir: Path) -> None:
         load_backbone(model_dir, LoadOptions(dtype="nf4", load_layers=3))
     with pytest.raises(ModelLoadError, match="holds decoder layers 0..1"):
         load_backbone(model_dir, LoadOptions(dtype="nf4"))
+
+
+def test_cpu_probe_measures_a_truncated_load_and_reports_it(
+    realsize: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """bench/realsize_cpu.py's per-process probe, on the tiny model (the real-size run takes half an hour)."""
+    import os
+    import shutil
+    import subprocess
+
+    pytest.importorskip("bitsandbytes")
+    shutil.copytree(tiny_model_dir, tmp_path / "qwen2-audio-7b-instruct")
+    cmd = [sys.executable, "bench/realsize_cpu.py", "--work", str(tmp_path), "--out", str(tmp_path / "out"),
+           "--repeats", "1", "--probe", "nf4", "1"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    row = json.loads(done.stdout.splitlines()[-1])
+    assert row["exit_layer"] == 1 and row["load_s"] > 0 and len(row["segment_s"]) == 1
+    parts = row["parameter_bytes"]
+    assert {"audio_tower", "multi_modal_projector", "token embeddings", "decoder layers"} <= set(parts)
+    # 2 layers of NF4 weights plus their block scales: a little above gpu_sizing's 0.5 byte per weight
+    assert row["gpu_sizing_decoder_bytes"] < parts["decoder layers"] < 1.5 * row["gpu_sizing_decoder_bytes"]
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from realsize_cpu import report
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    assert "| nf4 | 1 |" in report({"probes": [row]})
