@@ -121,14 +121,16 @@ def monitor(name: str, backbone, args: argparse.Namespace, backgrounds: list[np.
     test_audio = [load_audio(e.path) for e in test]
     store = Features(backbone, default_cache_dir().parent / "bench" / "site" / backbone.fingerprint.digest[:16])
     tag = f"{name}:{len(test)}:{len(pool)}"
-    conds = ("none", "sound")
+    sites = [s for s in SITES if s.name in args.sites]
+    conds = sorted({"sound" if "+cond" in p else "none" for p in args.pipelines})
     feats: dict = {}
     for cond in conds:
         feats[("pool", "clean", cond)] = store.get(f"pool:{tag}:clean:{cond}/{VERSION}", pool_audio,
                                                    lambda i, x, c=cond: condition(x, c))  # fmt: skip
         feats[("test", "clean", cond)] = store.get(f"test:{tag}:clean:{cond}/{VERSION}", test_audio,
                                                    lambda i, x, c=cond: condition(x, c))  # fmt: skip
-        for k, site in enumerate(SITES):
+        for site in sites:
+            k = SITES.index(site)  # the seeds stay with the site whichever sites run
             for part, audio, salt in (("pool", pool_audio, 2), ("test", test_audio, 1)):
 
                 def heard(i: int, x: np.ndarray, site=site, k=k, salt=salt, c=cond) -> np.ndarray:  # type: ignore[no-untyped-def]
@@ -139,8 +141,8 @@ def monitor(name: str, backbone, args: argparse.Namespace, backgrounds: list[np.
     y_t, ty_t = torch.tensor(y), torch.tensor(ty)
     pools = class_pools(y_t, len(names))
     # acc[pipeline][site][m] = per-draw accuracies; site "clean" is the in-domain reference (m = 0 only)
-    acc: dict = {p: {s.name: {m: [] for m in args.site_clips} for s in SITES} for p in MONITOR_PIPELINES}
-    for p in MONITOR_PIPELINES:
+    acc: dict = {p: {s.name: {m: [] for m in args.site_clips} for s in sites} for p in args.pipelines}
+    for p in args.pipelines:
         acc[p]["clean"] = {0: []}
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(args.seed + 17)
@@ -148,12 +150,12 @@ def monitor(name: str, backbone, args: argparse.Namespace, backgrounds: list[np.
         # The site clips of this draw: other recordings than the support's, the same for every pipeline and site.
         rest = [p[~torch.isin(p, idx)] for p in pools]
         site_idx = [r[torch.randperm(len(r), generator=gen)[: max(args.site_clips)]] for r in rest]
-        for p in MONITOR_PIPELINES:
+        for p in args.pipelines:
             method, cond = p.split("+")[0], "sound" if "+cond" in p else "none"
             clean_sup, clean_lab = feats[("pool", "clean", cond)][idx], y_t[idx]
             predict0 = _monitor_fit(method, clean_sup, clean_lab, names, backbone)  # m = 0: the same at every site
             acc[p]["clean"][0].append(float((predict0(feats[("test", "clean", cond)]) == ty_t).float().mean()))
-            for site in SITES:
+            for site in sites:
                 test_feats = feats[("test", site.name, cond)]
                 for m in args.site_clips:
                     predict = predict0
@@ -262,6 +264,7 @@ def diff(a: list[float], b: list[float], scale: float = 1.0) -> str:
 
 def report(results: dict, args: argparse.Namespace) -> str:
     ms = args.site_clips
+    sites = [s for s in SITES if s.name in args.sites]
     out = [START, "", "## Teaching at the site: the adaptation curve", "",
            f"Command: `python bench/site.py --draws {args.draws}` ({args.model.removeprefix('bundled:')}). "
            f"Support: {args.shots} clean clips per class from the pool half, plus m clips per class as the site "
@@ -270,29 +273,29 @@ def report(results: dict, args: argparse.Namespace) -> str:
                f"**{s.name}** (RT60 {s.rt60_s} s, DRR {s.drr_db:+.0f} dB, recorded background at {s.snr_db:.0f} "
                f"dB SNR heard {s.tone_s} s before and after the sound, {s.band[0]:.0f}–{s.band[1]:.0f} Hz"
                + (f", {s.codec[0].replace('lib', '')} {s.codec[1] // 1000} kbit/s" if s.codec else "")
-               + (f", mains hum at {s.hum_db:.0f} dB" if s.hum_db is not None else "") + ")" for s in SITES)
+               + (f", mains hum at {s.hum_db:.0f} dB" if s.hum_db is not None else "") + ")" for s in sites)
            + f". Accuracy, mean ± sd over {args.draws} support draws (the site clips drawn anew each time); "
            "paired differences are per draw, mean [95 % interval].", ""]  # fmt: skip
     for name, res in results.get("monitor", {}).items():
         acc = res["acc"]
         out += [f"### {name} ({len(res['classes'])} classes, pool {res['pool']}, test {res['test']}, "
                 f"{res['layout']})", "",
-                "| pipeline | clean, in domain | " + " | ".join(f"{s.name}, m = {m}" for s in SITES for m in ms)
+                "| pipeline | clean, in domain | " + " | ".join(f"{s.name}, m = {m}" for s in sites for m in ms)
                 + " | worst site, m = 0 | worst site, m = 2 |",
-                "|---" * (2 + len(SITES) * len(ms) + 2) + "|"]  # fmt: skip
-        for p in MONITOR_PIPELINES:
+                "|---" * (2 + len(sites) * len(ms) + 2) + "|"]  # fmt: skip
+        for p in acc:
             cells = [f"{np.mean(acc[p]['clean'][0]):.3f}"]
-            cells += [f"{np.mean(acc[p][s.name][m]):.3f}" for s in SITES for m in ms]
-            worst = [min(np.mean(acc[p][s.name][m]) for s in SITES) for m in (0, 2) if m in ms]
+            cells += [f"{np.mean(acc[p][s.name][m]):.3f}" for s in sites for m in ms]
+            worst = [min(np.mean(acc[p][s.name][m]) for s in sites) for m in (0, 2) if m in ms]
             out.append(f"| {p} | " + " | ".join(cells + [f"{w:.3f}" for w in worst]) + " |")
         out += ["", "Paired against `calm` (per site, m = 0 and the largest m):", ""]
-        for p in MONITOR_PIPELINES[1:]:
+        for p in [p for p in acc if p != "calm"] if "calm" in acc else []:
             parts = [f"{s.name} m={m}: {diff(acc[p][s.name][m], acc['calm'][s.name][m])}"
-                     for s in SITES for m in (0, ms[-1])]  # fmt: skip
+                     for s in sites for m in (0, ms[-1])]  # fmt: skip
             out.append(f"- {p}: " + "; ".join(parts))
-        gains = [f"{s.name}: {diff(acc['calm'][s.name][m], acc['calm'][s.name][0])}" for s in SITES for m in ms[1:]
-                 if m == 2]  # fmt: skip
-        out += ["", "What 2 site clips per class buy `calm` (paired, m = 2 − m = 0): " + "; ".join(gains), ""]
+        if "calm" in acc and 2 in ms:
+            gains = [f"{s.name}: {diff(acc['calm'][s.name][2], acc['calm'][s.name][0])}" for s in sites]
+            out += ["", "What 2 site clips per class buy `calm` (paired, m = 2 − m = 0): " + "; ".join(gains), ""]
     if "calls" in results:
         rows, cms = results["calls"]["rows"], args.call_site_clips
         n_folds = len(SPOOF_SOURCES) * len(GENUINE_SOURCES)
@@ -328,6 +331,8 @@ def main() -> int:
     p.add_argument("--call-site-clips", type=int, nargs="+", default=[0, 2, 8])
     p.add_argument("--call-draws", type=int, default=2, help="support draws per fold (16 folds)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pipelines", nargs="+", default=list(MONITOR_PIPELINES), choices=MONITOR_PIPELINES)
+    p.add_argument("--sites", nargs="+", default=[s.name for s in SITES], choices=[s.name for s in SITES])
     p.add_argument("--limit", type=int, default=0, help="quick run: N test and 2N pool clips per class")
     p.add_argument("--per-source", type=int, default=0, help="quick run: the calls set built with N clips per source")
     p.add_argument("--out", type=Path, default=Path("docs/robustness.md"))

@@ -191,13 +191,15 @@ def test_sizing_configs_match_the_widths_transformers_documents() -> None:
 def test_site_bench_runs_on_a_small_draw(tmp_path: Path) -> None:
     out = tmp_path / "robustness.md"
     out.write_text("# kept\n\n## Later section\n")
-    run_bench(["bench/site.py", "--sets", "instruments", "calls", "--shots", "2", "--site-clips", "0", "1", "2",
+    run_bench(["bench/site.py", "--sets", "instruments", "calls", "--pipelines", "calm", "sav", "--sites", "far mic",
+               "--shots", "2", "--site-clips", "0", "1", "2",
                "--draws", "2", "--limit", "2", "--per-source", "4", "--call-shots", "2", "--call-site-clips", "0",
                "2", "--call-draws", "1", "--out", str(out)], tmp_path, timeout=1200)  # fmt: skip
     text = out.read_text()
     assert text.startswith("# kept\n") and text.index("Teaching at the site") < text.index("## Later section")
     results = json.loads((tmp_path / "site.json").read_text())
     acc = results["monitor"]["instruments"]["acc"]
-    assert all(len(acc[p][site][m]) == 2 for p in acc for site in ("hall camera", "far mic") for m in ("0", "2"))
+    assert set(acc) == {"calm", "sav"} and set(acc["calm"]) == {"clean", "far mic"}
+    assert all(len(acc[p]["far mic"][m]) == 2 for p in acc for m in ("0", "1", "2"))
     rows = results["calls"]["rows"]
     assert len(rows["calm sub"]["2"]["call_eer"]) == 16 and len(rows["calm split"]["0"]["fa"]) == 16  # one per fold
