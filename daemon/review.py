@@ -151,9 +151,10 @@ class Review:
     def _described(self, v: Version) -> dict[str, Any]:
         """A version as the page's history lists it: its date, what it taught, its classes and their support."""
         as_taught = sum(c.get("label") == v.taught.get(k) for k, c in v.checked.items())
+        right = sum(c.get("label") == c.get("taught") for c in v.held_out.values())
         described = {"name": v.name, "parent": v.parent, "created_utc": v.created_utc, "taught": len(v.taught),
                      "note": v.note, "sha256": v.sha256, "checked": len(v.checked),
-                     "checked_as_taught": as_taught}  # fmt: skip
+                     "checked_as_taught": as_taught, "held_out": len(v.held_out), "held_out_right": right}  # fmt: skip
         return {**described, **classes_of(self.dir / v.file, v.sha256)}
 
     def _redo_to(self) -> str | None:
@@ -334,6 +335,7 @@ class Review:
             version.note = "; ".join(f"{c}: {summary_counts(summary, c)}" for c in plan)
             clip_of = {copy: clip for (label, clips) in plan.items() for clip, copy in zip(clips, copies[label])}
             version.checked = {clip_of[p]: v for p, v in summary.get("labelled", {}).items() if p in clip_of}
+            held_out = {clip_of[p]: v for p, v in summary.get("held_out", {}).items() if p in clip_of}
             with self.lock:
                 self.installing = version  # what calmd names the file it reloads
             install(out, self.live)
@@ -352,6 +354,8 @@ class Review:
             with self.lock:
                 self.installing = None
         with self.lock:
+            # the clips were held out from base: how it labelled them, against what the reviewer said
+            base.held_out.update({c: {**v, "taught": version.taught[c]} for c, v in held_out.items()})
             self.versions.append(version)
             self.current = version.name
             for clip in version.taught:

@@ -34,6 +34,8 @@ class Version:
     taught: dict[str, str] = field(default_factory=dict)  # clip -> class
     note: str = ""
     checked: dict[str, dict[str, Any]] = field(default_factory=dict)  # clip -> how this version labels it
+    # reviewed clips of classes it knew, taught only after it: clip -> its label then, and the reviewer's
+    held_out: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass

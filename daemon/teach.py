@@ -67,9 +67,12 @@ def teach(
         current = result.classifier
     labelled = labelled_by(current, [p for paths in plan.values() for p in paths], open_backbone, cache_dir,
                            FitRecord.from_info(current.info, str(classifier)).layers)  # fmt: skip
+    # The classifier before, on the clips it had not seen and whose class it knew: held-out accuracy.
+    unseen = [p for label, paths in plan.items() if label in clf.classes for p in paths]
+    held_out = labelled_by(clf, unseen, open_backbone, cache_dir, record.layers) if unseen else {}
     current.save(out)
     return {"classifier": str(out), "labels": current.labels, "exit_layer": current.exit_layer, "steps": steps,
-            "labelled": labelled}  # fmt: skip
+            "labelled": labelled, "held_out": held_out}  # fmt: skip
 
 
 def labelled_by(

@@ -110,7 +110,11 @@ function renderVersions(s) {
       taught.append(el("div", all ? "check check-ok" : "check check-missed",
         all ? "all labelled as taught" : `${v.checked - v.checked_as_taught} not labelled as taught`));
     }
-    row.append(el("td", "", classes.join(", ") || "?"), taught, el("td", "muted", v.note));
+    const accuracy = v.held_out
+      ? `${v.held_out_right}/${v.held_out} right (${Math.round((100 * v.held_out_right) / v.held_out)}%)`
+      : "—";
+    row.append(el("td", "", classes.join(", ") || "?"), taught, el("td", "num accuracy", accuracy));
+    row.append(el("td", "muted", v.note));
     const cell = el("td");
     if (v.name !== s.current) {
       const restore = el("button", "restore", "Restore…");

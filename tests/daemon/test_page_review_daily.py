@@ -196,3 +196,5 @@ def test_in_chromium_a_taught_clip_the_new_version_still_labels_as_before_is_fla
     browser.execute_script("location.hash = '#versions'")
     row = "return document.querySelector('#versions tr[data-version=\"live-v2\"] .check')?.textContent"
     assert shown(browser, row) == "1 not labelled as taught"
+    accuracy = "return document.querySelector('#versions tr[data-version=\"live-v2\"] .accuracy')?.textContent"
+    assert shown(browser, accuracy) == "—"  # nothing reviewed since it was made

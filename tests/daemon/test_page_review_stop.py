@@ -104,9 +104,22 @@ def test_sigterm_during_apply_leaves_no_orphan_version_and_an_honest_journal(
         )
         screenshot(browser, tmp_path / "apply-interrupted-after-restart.png", record_property)
         cookie, csrf = c.login()
+        # one more clip, of a class live-v1 knows: live-v1 had not seen it, so it counts towards its held-out accuracy
+        taught = {d["clip"] for d in c.review()["detections"] if d["verdict"]}
+        other = next(d for d in c.review()["detections"] if d["clip"] not in taught)
+        verdict = {"clip": other["clip"], "verdict": "right"}
+        assert c.request("POST", "/api/review/verdict", verdict, {"Cookie": cookie, "X-CSRF-Token": csrf})[0] == 200
         assert c.request("POST", "/api/review/apply", {}, {"Cookie": cookie, "X-CSRF-Token": csrf})[0] == 202
         job = wait_for(lambda: (j := c.review()["job"]) and j["state"] != "running" and j, PAGE_WAIT_S, 0.5)
         assert job and job["state"] == "done" and job["classifier"] == "live-v2", job  # no number skipped
+        v1 = next(v for v in c.review()["versions"] if v["name"] == "live-v1")
+        assert v1["held_out"] == 1 and v1["held_out_right"] in (0, 1), v1
+        browser.execute_script("location.hash = '#versions'")
+        accuracy = "return document.querySelector('#versions tr[data-version=\"live-v1\"] .accuracy')?.textContent"
+        assert shown(browser, accuracy.replace("return ", "const a = ") + "; return a !== '—' && a") in (
+            "0/1 right (0%)",
+            "1/1 right (100%)",
+        )  # once the page has polled the review after the Apply
     finally:
         code, log = c.daemon.stop()
     assert code == 0, log[-3000:]
