@@ -155,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
     notifier = Notifier()
     metrics = Metrics()
     review = None
+    service: Service  # assigned below: the review asks what it serves only once calmd runs
     if cfg.page.enabled:  # first: it names the classifier versions the service loads
         clips = cfg.clips.dir if cfg.clips.enabled else None
         model = (cfg.model.path, cfg.model.device)
