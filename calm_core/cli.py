@@ -20,6 +20,7 @@ from .calibration import stored_group
 from .calm import SCHEMES
 from .channels import CHANNELS, Preprocessing
 from .classifier import ABSTAIN_MODES, PRESETS, RELIABILITY_FROM, SPLITS, CalmClassifier, CalmConfig
+from .cli_help import add_global_flags, finish_subcommands, installed_version
 from .conditioning import CONDITIONINGS, DEFAULT_CONDITIONING
 from .errors import CalmError
 from .features import FeatureStore, default_cache_dir
@@ -403,7 +404,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(args.workdir, quiet=args.quiet, tiny=args.tiny, live=args.live)
+    return run_demo(args.workdir, main, quiet=args.quiet, tiny=args.tiny, live=args.live)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -434,8 +435,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="calm", description="Few-shot audio classification with CALM head voting.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_global_flags(parser)  # before or after the subcommand: finish_subcommands gives each of them -v and -q
+    parser.add_argument("--version", action="version", version=f"calm {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     d = CalmConfig()
@@ -601,6 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--tiny", action="store_true", help="tiny random-weight model on synthetic tones (no extras)")
     demo.add_argument("--live", action="store_true", help="end with calmd on the microphone until Ctrl-C")
     demo.set_defaults(func=cmd_demo)
+    finish_subcommands(sub.choices)
     return parser
 
 

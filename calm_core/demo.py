@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import DatasetError, ModelLoadError
@@ -153,9 +154,10 @@ def _serve(workdir: Path, model: str, classifier: Path, clips: list[Path], live:
     return code
 
 
-def run_demo(workdir: Path, *, quiet: bool = False, tiny: bool = False, live: bool = False) -> int:
-    from .cli import main as calm
-
+def run_demo(
+    workdir: Path, calm: Callable[[list[str]], int], *, quiet: bool = False, tiny: bool = False, live: bool = False
+) -> int:
+    """The demo's steps, each run through `calm` (the command's main, passed in so that the demo imports no CLI)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if tiny:
