@@ -36,11 +36,17 @@ EXIT_CODES = f"""exit status:
 calmd never ends by a signal it raised itself: a signal in its exit status came from outside."""
 
 
+CALMD_EXAMPLES = """examples:
+  calmd --config /etc/calm/calmd.toml
+  calmd --config calmd.toml --device cuda:1 --endpoint tcp://127.0.0.1:5566 --metrics-port 9118
+  calmd --hash-password"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="calmd",
         description="Classify live audio with CALM and publish labels over ZeroMQ.",
-        epilog=EXIT_CODES,
+        epilog=CALMD_EXAMPLES + "\n\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", type=Path, help="TOML configuration (see config/calmd.toml); required to run")

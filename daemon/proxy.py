@@ -140,12 +140,20 @@ class Proxy:
         self.context.term()
 
 
+PROXY_EXAMPLES = """examples:
+  calm-proxy --connect tcp://10.0.0.5:5556 --connect tcp://10.0.0.6:5556
+  calm-proxy --connect tcp://127.0.0.1:5556 --backend tcp://0.0.0.0:5557 --log-level debug
+
+Deployment, placement and the systemd units: docs/deployment.md."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="calm-proxy",
         description="Fan in the messages of several calmd onto one endpoint (ZeroMQ XSUB/XPUB), "
         "with a last-value cache of calm.status for subscribers that join late.",
-        epilog="Deployment, placement and the systemd units: docs/deployment.md.",
+        epilog=PROXY_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--connect", action="append", default=[], metavar="ENDPOINT",

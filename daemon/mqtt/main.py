@@ -39,11 +39,17 @@ EXIT_CODES = f"""exit status:
 Once connected, a lost broker is retried with backoff (broker.reconnect_min_s to reconnect_max_s) for ever."""
 
 
+MQTT_EXAMPLES = """examples:
+  calm-mqtt --config /etc/calm/calm-mqtt.toml
+  calm-mqtt --zmq tcp://127.0.0.1:5557 --host 192.168.1.10 --username calm \\
+      --password-file /etc/calm/mqtt-password"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="calm-mqtt",
         description="Publish calmd's messages on MQTT, with Home Assistant discovery (one device per stream).",
-        epilog=EXIT_CODES,
+        epilog=MQTT_EXAMPLES + "\n\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", type=Path, help="TOML configuration (see config/calm-mqtt.toml); flags override it")
