@@ -9,6 +9,7 @@ their class; a clip in the sibling sub-class counts as right) by classifiers fit
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -29,7 +30,7 @@ def parent_of(label: str) -> str:
     return label.split(SUB, 1)[0]
 
 
-def group_members(labels: list[str], group: str | list[str] | tuple[str, ...]) -> list[int]:
+def group_members(labels: list[str], group: str | Sequence[str]) -> list[int]:
     """Indices of the (sub-)classes in a group of names: a name takes itself and, when it is a class, all its
     sub-classes (`spoof` takes `spoof/classic` and `spoof/neural`). ValueError names what matches nothing."""
     names = [group] if isinstance(group, str) else list(group)
