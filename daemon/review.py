@@ -37,7 +37,7 @@ from typing import Any
 from calm_core.fingerprint import file_sha256
 
 from .events import utc_iso
-from .page.server import Refused, clip_path
+from .page.refusals import Refused, clip_path
 from .review_query import Query, Sidecars, page_of
 from .review_records import Interrupted, Job, Verdict, Version, checked_note, mark_taught, remove_version_file
 from .teach import classes_of, install, summary_counts

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .page.server import Refused
+from .page.refusals import Refused
 
 PAGE_MAX = 200
 PAGE_DEFAULT = 50

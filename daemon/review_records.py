@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .events import utc_iso
-from .page.server import Refused
+from .page.refusals import Refused
 
 
 @dataclass

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import PageSection
 from . import auth
-from .server import Refused
+from .refusals import Refused
 
 if TYPE_CHECKING:
     from ..review import Review

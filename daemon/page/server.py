@@ -22,11 +22,12 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from .hub import KEEPALIVE, PageHub
+from .refusals import CLIP_TYPES, Refused, clip_path
 
 if TYPE_CHECKING:
     from .api import PageApi, Reply
@@ -50,44 +51,9 @@ STATIC = {
     "/calls.js": ("calls.js", "text/javascript; charset=utf-8"),
     "/style.css": ("style.css", "text/css; charset=utf-8"),
 }
-CLIP_TYPES = {  # what the clips folder holds; anything else there is not served
-    ".wav": "audio/wav",
-    ".flac": "audio/flac",
-    ".opus": "audio/ogg",  # Opus in an Ogg container
-    ".ogg": "audio/ogg",
-    ".mp3": "audio/mpeg",
-    ".json": "application/json",  # a clip's sidecar
-    ".png": "image/png",  # a clip's spectrogram
-}
 MAX_BODY = 64 * 1024  # a POST's JSON body
 # Nothing from elsewhere: no CDN, no inline script; text is set with textContent, and this backs it up.
 CSP = "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'"
-
-
-class Refused(Exception):
-    """A request answered with an error status; the message names what was asked and why."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.headers = headers or {}
-
-
-def clip_path(root: Path, url_path: str) -> Path:
-    """The file under root that /clips/<url_path> names; Refused for anything outside root or not a clip."""
-    rel = unquote(url_path)
-    parts = PurePosixPath(rel).parts
-    if not rel or "\x00" in rel or "\\" in rel or rel.startswith("/") or any(p in ("..", ".") for p in parts):
-        raise Refused(403, f"clip path {rel!r}: must be a plain path inside the clips folder")
-    base = root.resolve()
-    target = (base / rel).resolve()  # follows symbolic links: one pointing outside is refused below
-    if not target.is_relative_to(base):
-        raise Refused(403, f"clip path {rel!r}: resolves outside the clips folder")
-    if target.suffix.lower() not in CLIP_TYPES:
-        raise Refused(404, f"clip path {rel!r}: not a clip (served: {', '.join(sorted(CLIP_TYPES))})")
-    if not target.is_file():
-        raise Refused(404, f"clip {rel!r}: no such file in the clips folder")
-    return target
 
 
 def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
