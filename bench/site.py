@@ -51,9 +51,9 @@ from calm_core.features import default_cache_dir
 from calm_core.telephone import band_limit
 
 START, END = "<!-- site: written by bench/site.py -->", "<!-- site end -->"
-MONITOR_PIPELINES = ("calm", "calm+cond", "sav", "paper", "probe")
-CALL_PIPELINES = ("calm merged", "calm split", "calm sub", "sav sub", "paper sub", "probe merged")
-THRESHOLDED = ("calm merged", "calm split", "calm sub")
+MONITOR_PIPELINES = ("calm", "calm+cond", "calm+probe", "calm+cond+probe", "sav", "paper", "probe")
+CALL_PIPELINES = ("calm merged", "calm split", "calm sub", "calm+probe sub", "sav sub", "paper sub", "probe merged")
+THRESHOLDED = ("calm merged", "calm split", "calm sub", "calm+probe sub")
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,9 @@ def at_site(x: np.ndarray, site: Site, backgrounds: list[np.ndarray], rng: np.ra
 
 def fit(method: str, support: torch.Tensor, labels: torch.Tensor, names: list[str], backbone,  # type: ignore[no-untyped-def]
         split: bool = False) -> CalmClassifier:  # fmt: skip
-    config = replace(PRESETS["paper" if method == "paper" else "calm"], split="auto" if split else "none")
+    base, combiner = method.split("+")[0], "probe" if "+probe" in method else "vote"
+    config = replace(PRESETS["paper" if base == "paper" else "calm"], split="auto" if split else "none",
+                     combiner=combiner)  # fmt: skip
     return CalmClassifier.fit(support, labels, names, backbone.layout, backbone.fingerprint, config)
 
 
@@ -151,7 +153,7 @@ def monitor(name: str, backbone, args: argparse.Namespace, backgrounds: list[np.
         rest = [p[~torch.isin(p, idx)] for p in pools]
         site_idx = [r[torch.randperm(len(r), generator=gen)[: max(args.site_clips)]] for r in rest]
         for p in args.pipelines:
-            method, cond = p.split("+")[0], "sound" if "+cond" in p else "none"
+            method, cond = p.replace("+cond", ""), "sound" if "+cond" in p else "none"
             clean_sup, clean_lab = feats[("pool", "clean", cond)][idx], y_t[idx]
             predict0 = _monitor_fit(method, clean_sup, clean_lab, names, backbone)  # m = 0: the same at every site
             acc[p]["clean"][0].append(float((predict0(feats[("test", "clean", cond)]) == ty_t).float().mean()))
@@ -244,7 +246,7 @@ def _call_scores(p: str, feats: torch.Tensor, sup: np.ndarray, labels: np.ndarra
     scores = log_odds(clf.scores(feats[test], "sav" if method == "sav" else "calm").float().numpy(), group)
     stored = None
     if p in THRESHOLDED:  # as calm_core.calibration.calibrate does it: the fitted (sub-)classes, no new split
-        config, units = PRESETS["calm"], clf.support_labels
+        config, units = replace(clf.config, split="none"), clf.support_labels
         assert units is not None
         loo = loo_log_odds(feats[sup], units, clf.labels, backbone.layout, backbone.fingerprint, config, ["spoof"])
         stored = eer(loo, labels > 0)[1]

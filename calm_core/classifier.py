@@ -18,7 +18,9 @@ from . import calm, fitting
 from .backbones.base import HeadLayout
 from .errors import ClassifierFileError
 from .fingerprint import Fingerprint, describe_mismatch
+from .probe import HeadProbe, fit_head_probe
 from .settings import ABSTAIN_MODES as ABSTAIN_MODES  # the settings and sub-class names, re-exported
+from .settings import COMBINERS as COMBINERS
 from .settings import PRESETS as PRESETS
 from .settings import RELIABILITY_FROM as RELIABILITY_FROM
 from .settings import SPLITS as SPLITS
@@ -66,6 +68,7 @@ class CalmClassifier:
     sav: torch.Tensor  # (S,) int64
     abstain_threshold: float | None = None
     info: dict[str, object] = field(default_factory=dict)
+    probe: HeadProbe | None = None  # config.combiner "probe": the combiner that scores instead of the vote
     # The support clips' (sub-)class indices as fitted (after an automatic split); not stored in the file.
     support_labels: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
@@ -137,6 +140,10 @@ class CalmClassifier:
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             },
         )
+        if config.combiner == "probe":
+            # Every head up to CALM's exit layer, so the forward pass stops where the vote's would.
+            reads = (layer <= clf.exit_layer).nonzero().flatten()
+            clf.probe = fit_head_probe(flat, labels, n_classes, reads)
         if config.abstain != "none":
             scores = clf.fold(calm.calm_scores(post[:, keep], clf.weights))
             truth = torch.tensor([clf.classes.index(parent_of(label_names[i])) for i in rel_labels.tolist()])
@@ -182,6 +189,9 @@ class CalmClassifier:
             return calm.sav_scores(self.posteriors(features)[:, self.sav])
         if features.shape[1] <= self.exit_layer:
             raise ValueError(f"CALM needs layers up to {self.exit_layer}, got {features.shape[1]}")
+        if self.probe is not None:
+            n = features.shape[0]
+            return self.probe.scores(features.reshape(n, -1, self.layout.head_dim))
         return calm.calm_scores(self.posteriors(features), self.weights)
 
     @property
@@ -259,6 +269,10 @@ class CalmClassifier:
             "weights": self.weights.float().contiguous(),
             "sav": self.sav.to(torch.int64).contiguous(),
         }
+        if self.probe is not None:
+            tensors["probe_heads"] = self.probe.heads.to(torch.int64).contiguous()
+            tensors["probe_weight"] = self.probe.weight.float().contiguous()
+            tensors["probe_bias"] = self.probe.bias.float().contiguous()
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: two writers never share one
         save_file(tensors, str(tmp), metadata={"calm": json.dumps(meta)})
         _keep_access(path, tmp)
@@ -332,6 +346,7 @@ class CalmClassifier:
         threshold = meta.get("abstain_threshold")
         if threshold is not None and not math.isfinite(float(threshold)):
             raise ValueError(f"abstain_threshold must be finite, got {threshold}")
+        probe = _probe_from(tensors, config, layout, n_c)
         return cls(
             labels=labels,
             config=config,
@@ -343,6 +358,7 @@ class CalmClassifier:
             weights=w,
             sav=sav,
             abstain_threshold=None if threshold is None else float(threshold),
+            probe=probe,
             info=dict(meta.get("info", {})),
         )
 
@@ -386,6 +402,32 @@ def _safetensors_metadata(data: bytes) -> dict[str, str]:
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise ValueError("__metadata__ must map strings to strings")
     return meta
+
+
+def _probe_from(
+    tensors: dict[str, torch.Tensor], config: CalmConfig, layout: HeadLayout, n_classes: int
+) -> HeadProbe | None:
+    """The probe's tensors, checked, when the config's combiner is probe; ValueError when they disagree."""
+    names = ("probe_heads", "probe_weight", "probe_bias")
+    present = [n for n in names if n in tensors]
+    if config.combiner != "probe":
+        if present:
+            raise ValueError(f"tensors {present} belong to combiner probe, but the config's combiner is vote")
+        return None
+    if len(present) != 3:
+        raise ValueError(f"combiner probe needs tensors {list(names)}, got {present}")
+    heads, weight, bias = (tensors[n] for n in names)
+    n_in = heads.numel() * layout.head_dim
+    if heads.dtype != torch.int64 or heads.dim() != 1 or heads.numel() == 0:
+        raise ValueError(f"tensor probe_heads is {heads.dtype}{tuple(heads.shape)}, expected int64 (H,)")
+    if int(heads.min()) < 0 or int(heads.max()) >= layout.n_total:
+        raise ValueError(f"probe head indices must lie in 0..{layout.n_total - 1}")
+    if tuple(weight.shape) != (n_classes, n_in) or tuple(bias.shape) != (n_classes,):
+        raise ValueError(f"probe_weight/probe_bias are {tuple(weight.shape)}/{tuple(bias.shape)}, expected "
+                         f"{(n_classes, n_in)}/{(n_classes,)}")  # fmt: skip
+    if not (torch.isfinite(weight).all() and torch.isfinite(bias).all()):
+        raise ValueError("probe tensors contain NaN or infinite values")
+    return HeadProbe(heads, weight.float(), bias.float())
 
 
 def _flatten(features: torch.Tensor, layout: HeadLayout) -> torch.Tensor:

@@ -19,7 +19,7 @@ from .backbones.base import DTYPES, Backbone
 from .calibration import stored_group
 from .calm import SCHEMES
 from .channels import CHANNELS, Preprocessing
-from .classifier import ABSTAIN_MODES, PRESETS, RELIABILITY_FROM, SPLITS, CalmClassifier, CalmConfig
+from .classifier import ABSTAIN_MODES, COMBINERS, PRESETS, RELIABILITY_FROM, SPLITS, CalmClassifier, CalmConfig
 from .cli_help import add_global_flags, finish_subcommands, installed_version
 from .conditioning import CONDITIONINGS, DEFAULT_CONDITIONING
 from .errors import CalmError
@@ -87,6 +87,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         "abstain": args.abstain,
         "abstain_keep": args.abstain_keep,
         "split": args.split,
+        "combiner": args.combiner,
     }
     # Options given on the command line override the preset's values.
     config = replace(PRESETS[args.preset], **{k: v for k, v in given.items() if v is not None})
@@ -474,6 +475,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--max-layer", type=int, default=None, help="only use heads of layers 0..N (faster exit)")
     fit.add_argument("--abstain", choices=ABSTAIN_MODES, help="answer 'unknown' below a threshold")
     fit.add_argument("--abstain-keep", type=float, help="share of correct answers kept")
+    fit.add_argument(
+        "--combiner", choices=COMBINERS,
+        help="vote (default): CALM's class-specific head vote; probe: logistic regression over every head up to "
+        "the vote's exit layer, which learns far more from a few site clips (docs/robustness.md)",
+    )  # fmt: skip
     fit.add_argument(
         "--split", choices=SPLITS,
         help="auto: a class whose support is two kinds of sound (a new attack among older ones) gets a prototype "

@@ -9,6 +9,8 @@ from . import calm
 
 Abstain = Literal["none", "score", "margin"]
 ABSTAIN_MODES: tuple[str, ...] = get_args(Abstain)
+Combiner = Literal["vote", "probe"]
+COMBINERS: tuple[str, ...] = get_args(Combiner)
 Split = Literal["none", "auto"]
 SPLITS: tuple[str, ...] = get_args(Split)
 ReliabilityFrom = Literal["leave-one-out", "support"]
@@ -33,6 +35,7 @@ class CalmConfig:
     abstain: Abstain = "none"  # answer `unknown` when the score or margin is below a threshold
     abstain_keep: float = 0.95  # the threshold keeps this share of correct validation answers
     split: Split = "none"  # auto: a class whose support is two kinds of sound gets two prototypes (subclasses.py)
+    combiner: Combiner = "vote"  # probe: logistic regression over the heads up to the exit layer (probe.py)
 
     def __post_init__(self) -> None:
         if not self.tau > 0:
@@ -65,6 +68,10 @@ class CalmConfig:
             raise ValueError(f"abstain {self.abstain!r} is not known; allowed: {', '.join(ABSTAIN_MODES)}")
         if not 0 < self.abstain_keep <= 1:
             raise ValueError(f"abstain_keep must be in (0, 1], got {self.abstain_keep}")
+        if self.combiner not in COMBINERS:
+            raise ValueError(f"combiner {self.combiner!r} is not known; allowed: {', '.join(COMBINERS)}")
+        if self.combiner == "probe" and self.abstain != "none":
+            raise ValueError("abstain is measured on CALM's vote; with combiner probe leave abstain none")
         if self.split not in SPLITS:
             raise ValueError(f"split {self.split!r} is not known; allowed: {', '.join(SPLITS)}")
 
