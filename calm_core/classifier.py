@@ -410,7 +410,7 @@ def _probe_from(
     """The probe's tensors, checked, when the config's combiner is probe; ValueError when they disagree."""
     names = ("probe_heads", "probe_weight", "probe_bias")
     present = [n for n in names if n in tensors]
-    if config.combiner != "probe":
+    if config.combiner == "vote" or (config.combiner == "auto" and not present):
         if present:
             raise ValueError(f"tensors {present} belong to combiner probe, but the config's combiner is vote")
         return None

@@ -477,8 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--abstain-keep", type=float, help="share of correct answers kept")
     fit.add_argument(
         "--combiner", choices=COMBINERS,
-        help="vote (default): CALM's class-specific head vote; probe: logistic regression over every head up to "
-        "the vote's exit layer, which learns far more from a few site clips (docs/robustness.md)",
+        help="auto (default): CALM's head vote, and once clips are taught at the site (calm add, the review page) a "
+        "probe: logistic regression over every head up to the vote's exit layer, which learns far more from a few "
+        "site clips (docs/robustness.md); vote or probe: always that one",
     )  # fmt: skip
     fit.add_argument(
         "--split", choices=SPLITS,

@@ -49,6 +49,7 @@ class FitRecord:
     cache_dir: str | None = None  # the feature cache the fit used (None: --no-cache)
     positive: tuple[str, ...] = ()  # calm fit --positive: the detector's positive group (empty: not a detector)
     calibrate: str = "eer"  # and its threshold rule
+    taught: int = 0  # clips added since the fit (calm add, the review page): the site's own, for combiner auto
     version: int = field(default=RECORD_VERSION)
 
     def to_json(self) -> dict[str, Any]:
@@ -105,7 +106,12 @@ def fit_classifier(
     y_t = torch.tensor(list(y)).repeat(n_copies)
     groups = torch.arange(len(y)).repeat(n_copies) if n_copies > 1 else None
     val_t = None if val_y is None else torch.tensor(list(val_y))
-    clf = CalmClassifier.fit(features, y_t, labels, layout, fingerprint, config, val_features, val_t, groups)
+    # combiner auto: the vote until the site has taught clips, then the probe (docs/robustness.md).
+    resolved = config
+    if config.combiner == "auto":
+        resolved = replace(config, combiner="probe" if record.taught and config.abstain == "none" else "vote")
+    clf = CalmClassifier.fit(features, y_t, labels, layout, fingerprint, resolved, val_features, val_t, groups)
+    clf.info["combiner"] = resolved.combiner
     clf.info["model_path"] = model_path
     clf.info["channel"] = prep.channel
     clf.info["conditioning"] = prep.conditioning
@@ -117,6 +123,7 @@ def fit_classifier(
             clf, features, y_t, record.positive, val_features, val_t, record.calibrate, groups
         )
     clf.info["fit"] = record.to_json()
+    clf.config = config  # auto stays auto: a later refit decides again
     return clf
 
 
@@ -305,9 +312,10 @@ def add_clips(
         missing = sorted(set(labels) - {c.label for c in record.validation})
         if missing:
             notes.append(f"no validation clips of {missing}: their reliability rests on their support separation")
+    taught = replace(record, support=support, taught=record.taught + len(added))
     refitted = fit_classifier(
         support_feats, [labels.index(c.label) for c in support], labels, clf.layout, clf.fingerprint, clf.config,
-        replace(record, support=support), model_path or str(clf.info.get("model_path", "")), prep, val, val_y,
+        taught, model_path or str(clf.info.get("model_path", "")), prep, val, val_y,
         augmentation,
     )  # fmt: skip
     before = _counts(record.support)

@@ -9,7 +9,7 @@ from . import calm
 
 Abstain = Literal["none", "score", "margin"]
 ABSTAIN_MODES: tuple[str, ...] = get_args(Abstain)
-Combiner = Literal["vote", "probe"]
+Combiner = Literal["auto", "vote", "probe"]
 COMBINERS: tuple[str, ...] = get_args(Combiner)
 Split = Literal["none", "auto"]
 SPLITS: tuple[str, ...] = get_args(Split)
@@ -35,7 +35,10 @@ class CalmConfig:
     abstain: Abstain = "none"  # answer `unknown` when the score or margin is below a threshold
     abstain_keep: float = 0.95  # the threshold keeps this share of correct validation answers
     split: Split = "none"  # auto: a class whose support is two kinds of sound gets two prototypes (subclasses.py)
-    combiner: Combiner = "vote"  # probe: logistic regression over the heads up to the exit layer (probe.py)
+    # vote: CALM's class-specific head vote; probe: logistic regression over the heads up to the vote's exit layer
+    # (probe.py); auto: the vote until clips have been taught at the site (calm add, the review page), then the
+    # probe, which learns far more from them (docs/robustness.md). Library fits without that history vote.
+    combiner: Combiner = "auto"
 
     def __post_init__(self) -> None:
         if not self.tau > 0:
@@ -88,10 +91,22 @@ PRESETS: dict[str, CalmConfig] = {
     # The paper's recipe as its reference scripts ran it (the support file passed as the
     # validation file, so reliability is in-sample), with its ESC-50 settings.
     "paper": CalmConfig(
-        tau=0.03, scheme="margin_clamped", tau_w=0.5, top_k=20, reliability_from="support", sav_shrinkage=0.0
+        tau=0.03,
+        scheme="margin_clamped",
+        tau_w=0.5,
+        top_k=20,
+        reliability_from="support",
+        sav_shrinkage=0.0,
+        combiner="vote",
     ),
     # calm 0.1's default, kept for comparison: leave-one-out clamped margins at tau 0.07.
     "calm-0.1": CalmConfig(
-        tau=0.07, scheme="margin_clamped", tau_w=1.0, top_k=20, reliability_from="leave-one-out", sav_shrinkage=0.0
+        tau=0.07,
+        scheme="margin_clamped",
+        tau_w=1.0,
+        top_k=20,
+        reliability_from="leave-one-out",
+        sav_shrinkage=0.0,
+        combiner="vote",
     ),
 }

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from calm_core.augment import recipe_channels
 from calm_core.backbones import load_backbone
@@ -60,8 +61,12 @@ def test_add_refits_from_cached_copies_like_a_fit_from_scratch(augmented, tiny_m
     scratch = tmp_path / "scratch.calm.safetensors"
     calm("fit", "--model", str(tiny_model_dir), "--support", str(support), "--out", str(scratch),
          "--cache-dir", str(cache), "--augment", "channels", "--top-k", "6", "--positive", "siren",
-         "--conditioning", "sound")  # fmt: skip
+         "--conditioning", "sound", "--combiner", "probe")  # fmt: skip
     a, b = CalmClassifier.load(added), CalmClassifier.load(scratch)
+    # combiner auto: the vote at the fit, the probe once clips were taught, as if fitted with --combiner probe
+    assert a.config.combiner == "auto" and a.info["combiner"] == b.info["combiner"] == "probe"
+    assert a.probe is not None and b.probe is not None and torch.equal(a.probe.weight, b.probe.weight)
+    b.config = a.config
     b.info["fit"] = a.info["fit"]  # the clips' recorded paths differ (symlinks), nothing else may
     same_classifier(a, b)
 
