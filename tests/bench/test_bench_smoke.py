@@ -191,8 +191,8 @@ def test_sizing_configs_match_the_widths_transformers_documents() -> None:
 def test_site_bench_runs_on_a_small_draw(tmp_path: Path) -> None:
     out = tmp_path / "robustness.md"
     out.write_text("# kept\n\n## Later section\n")
-    run_bench(["bench/site.py", "--sets", "instruments", "calls", "--pipelines", "calm", "sav", "--sites", "far mic",
-               "--shots", "2", "--site-clips", "0", "1", "2",
+    run_bench(["bench/adaptation.py", "--sets", "instruments", "calls", "--pipelines", "calm", "sav", "--sites",
+               "far mic", "--shots", "2", "--site-clips", "0", "1", "2",
                "--draws", "2", "--limit", "2", "--per-source", "4", "--call-shots", "2", "--call-site-clips", "0",
                "2", "--call-draws", "1", "--out", str(out)], tmp_path, timeout=1200)  # fmt: skip
     text = out.read_text()

@@ -2,7 +2,7 @@
 per class as the site hears them (m = 0, 1, 2, 4), test on other recordings as the site hears them.
 Writes the headline section of docs/robustness.md (between its own markers) and docs/site.json.
 
-    python bench/site.py [--model bundled:whisper-tiny.en] [--shots 8] [--site-clips 0 1 2 4] [--draws 20]
+    python bench/adaptation.py [--model bundled:whisper-tiny.en] [--shots 8] [--site-clips 0 1 2 4] [--draws 20]
 
 Monitoring (instruments, events): a site is every shift at once, as a camera or a microphone across a room
 gives it: its own room (reverberation, distance), its own recorded background heard before, during and
@@ -50,7 +50,7 @@ from calm_core.devsets.calls import GENUINE_SOURCES, SPOOF_SOURCES
 from calm_core.features import default_cache_dir
 from calm_core.telephone import band_limit
 
-START, END = "<!-- site: written by bench/site.py -->", "<!-- site end -->"
+START, END = "<!-- site: written by bench/adaptation.py -->", "<!-- site end -->"
 MONITOR_PIPELINES = ("calm", "calm+cond", "calm+probe", "calm+cond+probe", "sav", "paper", "probe")
 CALL_PIPELINES = ("calm merged", "calm split", "calm sub", "calm+probe sub", "sav sub", "paper sub", "probe merged")
 THRESHOLDED = ("calm merged", "calm split", "calm sub", "calm+probe sub")
@@ -268,7 +268,7 @@ def report(results: dict, args: argparse.Namespace) -> str:
     ms = args.site_clips
     sites = [s for s in SITES if s.name in args.sites]
     out = [START, "", "## Teaching at the site: the adaptation curve", "",
-           f"Command: `python bench/site.py --draws {args.draws}` ({args.model.removeprefix('bundled:')}). "
+           f"Command: `python bench/adaptation.py --draws {args.draws}` ({args.model.removeprefix('bundled:')}). "
            f"Support: {args.shots} clean clips per class from the pool half, plus m clips per class as the site "
            "hears them (other recordings, the same site); test: the test half as the site hears it. A site is "
            "every shift at once: " + "; ".join(
