@@ -338,6 +338,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
             {
                 "file": str(path),
                 "label": pred.label,
+                "sub_class": pred.sub,
                 "score": pred.score,
                 "margin": pred.margin,
                 "top3": [{"label": k, "score": v} for k, v in pred.top(3)],

@@ -94,6 +94,7 @@ def test_classify_json_gives_label_top3_and_exit_layer(fitted, tone_sets) -> Non
     for row in rows:
         assert row["label"] in {"hum", "beep", "whistle", "siren"}
         assert len(row["top3"]) == 3 and row["top3"][0]["label"] == row["label"]
+        assert row["sub_class"] == row["label"]  # no sub-classes here: the class itself
         assert row["exit_layer"] == summary["exit_layer"] and row["timing_ms"]["forward"] > 0
 
 
