@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from common import Features, class_pools, fit_probe, head_matrix, mean_sd, paired_interval, support_draws
-from robustness import PER_CLASS, load_backgrounds
+from robustness import devset_halves, load_backgrounds
 
 from calm_core import shifts
 from calm_core.audio import SAMPLE_RATE, load_audio
@@ -43,7 +43,6 @@ from calm_core.backbones import LoadOptions, load_backbone
 from calm_core.calibration import loo_log_odds
 from calm_core.classifier import PRESETS, CalmClassifier
 from calm_core.conditioning import VERSION, condition
-from calm_core.data import label_index, load_examples
 from calm_core.detection import eer, log_odds, per_call
 from calm_core.devsets import build_devset, default_devset_dir
 from calm_core.devsets.calls import GENUINE_SOURCES, SPOOF_SOURCES
@@ -107,18 +106,7 @@ def fit(method: str, support: torch.Tensor, labels: torch.Tensor, names: list[st
 
 # ---- monitoring ---------------------------------------------------------------------------------------------
 def monitor(name: str, backbone, args: argparse.Namespace, backgrounds: list[np.ndarray]) -> dict:  # type: ignore[no-untyped-def]
-    data = build_devset(name, default_cache_dir().parent / "devsets" / f"{name}-bench", PER_CLASS.get(name))
-    pool, test = load_examples(data / "pool"), load_examples(data / "test")
-    names, y = label_index(pool)
-    _, ty = label_index(test, names)
-    if args.limit:  # a quick run: the first N test and 2N pool clips of each class
-
-        def first(labels: list[int], n: int) -> list[int]:
-            return [i for c in range(len(names)) for i in [j for j, v in enumerate(labels) if v == c][:n]]
-
-        keep, keep_pool = first(ty, args.limit), first(y, 2 * args.limit)
-        test, ty = [test[i] for i in keep], [ty[i] for i in keep]
-        pool, y = [pool[i] for i in keep_pool], [y[i] for i in keep_pool]
+    names, pool, y, test, ty = devset_halves(name, args.limit)
     pool_audio = [load_audio(e.path) for e in pool]
     test_audio = [load_audio(e.path) for e in test]
     store = Features(backbone, default_cache_dir().parent / "bench" / "site" / backbone.fingerprint.digest[:16])

@@ -117,20 +117,27 @@ def fit_predict(pipeline: str, support: torch.Tensor, labels: torch.Tensor, grou
     return {s: clf.scores(t, "sav" if method == "sav" else "calm").argmax(1) for s, t in tests.items()}
 
 
-def evaluate_set(name: str, model: str, args: argparse.Namespace, backgrounds: list[np.ndarray]) -> dict:
-    backbone = load_backbone(model, LoadOptions())
+def devset_halves(name: str, limit: int = 0) -> tuple[list[str], list, list[int], list, list[int]]:
+    """A development set's classes, pool half and test half with their class indices; limit > 0 (a quick run)
+    keeps the first `limit` test and 2 * `limit` pool clips of each class."""
     data = build_devset(name, default_cache_dir().parent / "devsets" / f"{name}-bench", PER_CLASS.get(name))
     pool, test = load_examples(data / "pool"), load_examples(data / "test")
     names, y = label_index(pool)
     _, ty = label_index(test, names)
-    if args.limit:  # a quick run: the first clips of each class, in the pool and in the test half
+    if limit:
 
         def first(labels: list[int], n: int) -> list[int]:
             return [i for c in range(len(names)) for i in [j for j, v in enumerate(labels) if v == c][:n]]
 
-        keep, keep_pool = first(ty, args.limit), first(y, 2 * args.limit)
+        keep, keep_pool = first(ty, limit), first(y, 2 * limit)
         test, ty = [test[i] for i in keep], [ty[i] for i in keep]
         pool, y = [pool[i] for i in keep_pool], [y[i] for i in keep_pool]
+    return names, pool, y, test, ty
+
+
+def evaluate_set(name: str, model: str, args: argparse.Namespace, backgrounds: list[np.ndarray]) -> dict:
+    backbone = load_backbone(model, LoadOptions())
+    names, pool, y, test, ty = devset_halves(name, args.limit)
     pool_audio = [load_audio(e.path) for e in pool]
     test_audio = [load_audio(e.path) for e in test]
     feats = Features(backbone, default_cache_dir().parent / "bench" / "robustness" / backbone.fingerprint.digest[:16])
