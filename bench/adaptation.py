@@ -328,6 +328,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("docs/robustness.md"))
     args = p.parse_args()
     logging.getLogger("calm_core.classifier").setLevel(logging.ERROR)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     backbone = load_backbone(args.model, LoadOptions())
     results: dict = {"monitor": {}}
     backgrounds = load_backgrounds()
