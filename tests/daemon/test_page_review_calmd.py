@@ -75,10 +75,13 @@ def start_calmd(root: Path, tiny_model_dir: Path, tone_sets: dict[str, Path], en
     """A calmd with its page, clips and review under root, serving a classifier fitted there; up when returned."""
     live = root / "live.calm.safetensors"
     # Heads of layer 0 only: the refit cannot need a layer calmd has not loaded, so a reload (not a restart) does.
+    # The vote, not combiner auto's probe after teaching: these tests are about the review's mechanics (what the
+    # combiner does with taught clips is measured in bench/adaptation.py); on the tiny random model's layer 0 the
+    # probe does not pick the 2 taught clips out of the tones.
     subprocess.run(
         [sys.executable, "-m", "calm_core.cli", "-q", "fit", "--model", str(tiny_model_dir), "--support",
          str(tone_sets["support"]), "--out", str(live), "--max-layer", "0", "--top-k", "3", "--cache-dir",
-         str(root / "cache")],
+         str(root / "cache"), "--combiner", "vote"],
         check=True, capture_output=True, env=ENV, timeout=300,
     )  # fmt: skip
     quiet = lambda s: np.zeros(int(s * SR), np.float32)  # noqa: E731
