@@ -21,24 +21,13 @@ from .classifier import CalmClassifier, CalmConfig, group_members
 from .detection import eer, log_odds
 from .fingerprint import Fingerprint
 from .fitting import recordings_per_class
+from .subclasses import as_group
 
 RULE = "eer"
 SCORE = "mean over segments of ln((p_pos + 1e-6) / (p_best_other + 1e-6)), CALM class scores"
 
 
 Group = Sequence[str]  # the positive group: class names, e.g. ("spoof",) or ("spoof", "neural")
-
-
-def positive_members(labels: list[str], positive: str | Group) -> list[int]:
-    """Indices of the classes (and their sub-classes) in the positive group; ValueError for a name that is not
-    a class, or a group that leaves no negative class."""
-    return group_members(labels, positive)
-
-
-def stored_group(decision: dict[str, Any]) -> list[str]:
-    """The positive group a detector's decision is about (files from before groups stored one name)."""
-    positive = decision["positive"]
-    return [positive] if isinstance(positive, str) else [str(p) for p in positive]
 
 
 def group_firsts(groups: torch.Tensor) -> list[int]:
@@ -60,7 +49,7 @@ def loo_log_odds(
     (N, L, H, D) -> (N,). N fits; every class needs 2 clips so that one is left when one is held out.
     With groups (augmented copies of one recording), each group is left out whole and its first clip (the
     recording itself) is scored: one score per group, in order of first appearance."""
-    index = positive_members(names, positive)
+    index = group_members(names, positive)
     if groups is None:
         groups = torch.arange(features.shape[0])
     counts = recordings_per_class(labels, len(names), groups)
@@ -124,7 +113,7 @@ def eer_decision(
     if not np.isfinite(threshold):
         raise ValueError(f"the {scores_from} scores give no finite EER threshold (all {scores.size} alike?)")
     return {
-        "positive": [positive] if isinstance(positive, str) else list(positive),
+        "positive": list(as_group(positive)),
         "threshold": threshold,
         "rule": rule,
         "scores_from": scores_from,
@@ -147,7 +136,7 @@ def calibrate(
 ) -> dict[str, Any]:
     """The decision for a fitted classifier: its threshold from validation clips when given (scored by clf
     itself), else from leave-one-out over the support features it was fitted on (groups: see loo_log_odds)."""
-    index = positive_members(clf.labels, positive)
+    index = group_members(clf.labels, positive)
     if val_features is not None and val_labels is not None:
         scores = log_odds(clf.scores(val_features).float().numpy(), index)
         return eer_decision(scores, np.isin(val_labels.numpy(), index), positive, "validation", rule)

@@ -16,15 +16,24 @@ import torch
 from .augment import DEFAULT_RECIPE, RECIPES, SUGGESTED_RECIPE
 from .backbones import LoadOptions, load_backbone
 from .backbones.base import DTYPES, Backbone
-from .calibration import stored_group
 from .calm import SCHEMES
 from .channels import CHANNELS, Preprocessing
-from .classifier import ABSTAIN_MODES, COMBINERS, PRESETS, RELIABILITY_FROM, SPLITS, CalmClassifier, CalmConfig
+from .classifier import (
+    ABSTAIN_MODES,
+    COMBINERS,
+    PRESETS,
+    RELIABILITY_FROM,
+    SPLITS,
+    CalmClassifier,
+    CalmConfig,
+    group_members,
+)
 from .cli_help import add_global_flags, finish_subcommands, installed_version
 from .conditioning import CONDITIONINGS, DEFAULT_CONDITIONING
 from .errors import CalmError
 from .features import FeatureStore, default_cache_dir
 from .refit import FitRecord, clips_of, fit_classifier
+from .subclasses import as_group
 
 log = logging.getLogger("calm")
 
@@ -96,9 +105,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     support = load_examples(args.support)
     labels, y = label_index(support)
     if args.positive:
-        from .calibration import parse_rule, positive_members
+        from .calibration import parse_rule
 
-        positive_members(labels, args.positive)  # refuse a wrong class (or rule) before extracting features
+        group_members(labels, args.positive)  # refuse a wrong class (or rule) before extracting features
         parse_rule(args.calibrate)
     elif args.calibrate != "eer":
         raise CalmError("--calibrate sets the threshold for --positive CLASS: give the positive class too")
@@ -192,7 +201,7 @@ def _add(
 
 def _genuine_class(clf: CalmClassifier, stored: dict[str, Any], label: str | None) -> str:
     """The class the site's genuine clips join: --label, else the one class outside the positive group."""
-    group = set(stored_group(stored))
+    group = set(as_group(stored["positive"]))
     outside = [c for c in clf.classes if c not in group]
     if label is not None:
         if label not in outside:
@@ -233,7 +242,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     feats = _store(args, backbone, prep).extract([e.path for e in data], depth, progress=not args.quiet, desc="eval")
     result = evaluate(clf, feats, y)
     stored = clf.info.get("decision")
-    positive = args.positive or (stored_group(stored) if isinstance(stored, dict) else None)
+    positive = args.positive or (list(as_group(stored["positive"])) if isinstance(stored, dict) else None)
     if positive:
         from .evaluation import detection, format_detection
 
@@ -307,7 +316,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         return 0
     backbone = _backbone_for(args, clf, clf.exit_layer)
     feats = _store(args, backbone, Preprocessing.of(clf.info)).extract(files, clf.exit_layer, progress=not args.quiet)
-    scores = detection_scores(clf, feats, stored_group(stored))["calm"]
+    scores = detection_scores(clf, feats, as_group(stored["positive"]))["calm"]
     decision, summary = site_decision(stored, scores, calls if args.per_call else None, args.far, str(args.genuine))
     clf.info["decision"] = decision
     out = clf.save(args.out or args.classifier)

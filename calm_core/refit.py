@@ -20,6 +20,7 @@ from .classifier import UNKNOWN, CalmClassifier, CalmConfig, parent_of
 from .errors import ClassifierFileError, DatasetError
 from .features import FeatureStore, cache_entry, read_cached
 from .fingerprint import Fingerprint, file_sha256
+from .subclasses import as_group
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +71,7 @@ class FitRecord:
                 raise ValueError(f"info.fit.version {data.get('version')!r} is not {RECORD_VERSION}")
             clips = {k: tuple(Clip(str(c["path"]), str(c["sha256"]), str(c["label"])) for c in data[k]) for k in
                      ("support", "validation")}  # fmt: skip
-            positive = data.get("positive")  # one name (or null) before positive groups
-            group = () if positive is None else (str(positive),) if isinstance(positive, str) else tuple(positive)
-            record = cls(**{**data, **clips, "positive": tuple(str(p) for p in group)})
+            record = cls(**{**data, **clips, "positive": as_group(data.get("positive"))})
         except (KeyError, TypeError, ValueError) as e:
             raise ClassifierFileError(f"{source}: invalid support record in the classifier file ({e})") from e
         if not record.support or record.layers < 1:
@@ -312,10 +311,10 @@ def add_clips(
         missing = sorted(set(labels) - {c.label for c in record.validation})
         if missing:
             notes.append(f"no validation clips of {missing}: their reliability rests on their support separation")
-    taught = replace(record, support=support, taught=record.taught + len(added))
+    refit_record = replace(record, support=support, taught=record.taught + len(added))
     refitted = fit_classifier(
         support_feats, [labels.index(c.label) for c in support], labels, clf.layout, clf.fingerprint, clf.config,
-        taught, model_path or str(clf.info.get("model_path", "")), prep, val, val_y,
+        refit_record, model_path or str(clf.info.get("model_path", "")), prep, val, val_y,
         augmentation,
     )  # fmt: skip
     before = _counts(record.support)
@@ -352,8 +351,7 @@ def format_add(result: AddResult, old: CalmClassifier, out: Path, seconds: float
     )
     decision = new.info.get("decision")
     if isinstance(decision, dict):
-        group = decision["positive"]
-        lines.append(f"detects {' + '.join([group] if isinstance(group, str) else group)} (threshold "
+        lines.append(f"detects {' + '.join(as_group(decision['positive']))} (threshold "
                      f"{float(decision['threshold']):.3f}, {decision['scores_from']})")  # fmt: skip
     lines.append(f"wrote {out} (exit layer {new.exit_layer}, was {old.exit_layer})")
     if new.exit_layer > old.exit_layer:

@@ -30,10 +30,22 @@ def parent_of(label: str) -> str:
     return label.split(SUB, 1)[0]
 
 
+def as_group(value: object) -> tuple[str, ...]:
+    """A positive group as class names, from one name or a list of them (files from before groups store one
+    name); () for none."""
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"a positive group is a class name or a list of them, got {value!r}")
+    return tuple(str(v) for v in value)
+
+
 def group_members(labels: list[str], group: str | Sequence[str]) -> list[int]:
     """Indices of the (sub-)classes in a group of names: a name takes itself and, when it is a class, all its
     sub-classes (`spoof` takes `spoof/classic` and `spoof/neural`). ValueError names what matches nothing."""
-    names = [group] if isinstance(group, str) else list(group)
+    names = list(as_group(group))
     if not names:
         raise ValueError("the positive group is empty: name at least one class")
     missing = [n for n in names if not any(lab == n or parent_of(lab) == n for lab in labels)]

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from calm_core.classifier import group_members, parent_of
 from calm_core.detection import log_odds_ratio
+from calm_core.subclasses import as_group, group_members, parent_of
 
 from .events import CallEvent, CallLeg, LabelEvent, utc_iso
 from .metrics import Metrics
@@ -50,12 +50,6 @@ class Policy:
         return "+".join(self.group)
 
 
-def _group(value: object) -> tuple[str, ...]:
-    if value is None or value == "" or value == []:
-        return ()
-    return (str(value),) if isinstance(value, str) else tuple(str(v) for v in value)  # type: ignore[attr-defined]
-
-
 def decision_policy(
     labels: list[str],
     info: dict[str, object],
@@ -68,7 +62,7 @@ def decision_policy(
     its classes (or the group takes them all)."""
     stored = info.get("decision") if isinstance(info.get("decision"), dict) else {}
     assert isinstance(stored, dict)
-    group = _group(positive) or _group(stored.get("positive")) or (DEFAULT_POSITIVE,)
+    group = as_group(positive) or as_group(stored.get("positive")) or (DEFAULT_POSITIVE,)
     try:
         members = group_members(labels, list(group))
     except ValueError as e:
@@ -77,7 +71,7 @@ def decision_policy(
     if threshold is not None:
         return Policy(classes, float(threshold), "config", classifier, fingerprint)
     value = stored.get("threshold")
-    same = set(_group(stored.get("positive")) or group) == set(group)
+    same = set(as_group(stored.get("positive")) or group) == set(group)
     if isinstance(value, (int, float)) and math.isfinite(value) and same:
         return Policy(classes, float(value), "classifier", classifier, fingerprint)
     return Policy(classes, DEFAULT_THRESHOLD, "default", classifier, fingerprint)
@@ -86,7 +80,7 @@ def decision_policy(
 def segment_log_odds(event: LabelEvent, positive: tuple[str, ...] | str) -> float:
     """log_odds_ratio of the positive group's best score over the best score outside it, from the label's top
     scores."""
-    group = {positive} if isinstance(positive, str) else set(positive)
+    group = set(as_group(positive))
     s_pos = 0.0
     s_other = 0.0
     for scored in event.top:

@@ -131,3 +131,12 @@ def test_auto_split_leaves_a_one_kind_class_whole() -> None:
     feats, labels = synthetic(6, n_classes=3)
     clf = CalmClassifier.fit(feats, labels, ["a", "b", "c"], LAYOUT, FP, replace(SPARSE, split="auto"))
     assert clf.labels == ["a", "b", "c"] and clf.info["split"]["classes"] == {}
+
+
+def test_a_stored_group_reads_as_names_whether_one_name_or_a_list() -> None:
+    from calm_core.subclasses import as_group
+
+    assert as_group("spoof") == ("spoof",) and as_group(["spoof", "neural"]) == ("spoof", "neural")
+    assert as_group(None) == () and as_group("") == () and as_group([]) == ()
+    with pytest.raises(ValueError, match="a class name or a list of them"):
+        as_group(3)
