@@ -27,12 +27,12 @@ from pathlib import Path
 import torch
 from common import class_pools, fit_probe, fmt, head_matrix, mean_sd, paired_interval, support_draws
 
-from calm_core import calm
+from calm_core.audio.clipsets import label_index, load_examples
 from calm_core.backbones import LoadOptions, load_backbone
-from calm_core.classifier import PRESETS, CalmClassifier
-from calm_core.data import label_index, load_examples
 from calm_core.devsets import build_devset
 from calm_core.features import FeatureStore, default_cache_dir
+from calm_core.method import calm
+from calm_core.method.classifier import PRESETS, CalmClassifier
 
 SHOTS = (1, 2, 4, 8, 16)
 PER_CLASS = {"instruments": 40}  # 20 pool clips per class, so 16 shots fit; others use their default
@@ -132,7 +132,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("docs/accuracy.md"))
     args = p.parse_args()
-    logging.getLogger("calm_core.classifier").setLevel(logging.ERROR)  # 1-shot fits warn once per draw
+    logging.getLogger("calm_core.method.classifier").setLevel(logging.ERROR)  # 1-shot fits warn once per draw
     torch.manual_seed(args.seed)
 
     results = {}

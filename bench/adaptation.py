@@ -33,21 +33,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import shifts
 import torch
 from common import Features, class_pools, fit_probe, head_matrix, mean_sd, paired_interval, support_draws
 from robustness import devset_halves, load_backgrounds
 
-from calm_core import shifts
-from calm_core.audio import SAMPLE_RATE, load_audio
+from calm_core.audio.conditioning import VERSION, condition
+from calm_core.audio.decode import SAMPLE_RATE, load_audio
+from calm_core.audio.telephone import band_limit
 from calm_core.backbones import LoadOptions, load_backbone
-from calm_core.calibration import loo_log_odds
-from calm_core.classifier import PRESETS, CalmClassifier
-from calm_core.conditioning import VERSION, condition
-from calm_core.detection import eer, log_odds, per_call
 from calm_core.devsets import build_devset, default_devset_dir
 from calm_core.devsets.calls import GENUINE_SOURCES, SPOOF_SOURCES
 from calm_core.features import default_cache_dir
-from calm_core.telephone import band_limit
+from calm_core.method.calibration import loo_log_odds
+from calm_core.method.classifier import PRESETS, CalmClassifier
+from calm_core.method.detection import eer, log_odds, per_call
 
 START, END = "<!-- site: written by bench/adaptation.py -->", "<!-- site end -->"
 MONITOR_PIPELINES = ("calm", "calm+cond", "calm+probe", "calm+cond+probe", "sav", "paper", "probe")
@@ -233,7 +233,7 @@ def _call_scores(p: str, feats: torch.Tensor, sup: np.ndarray, labels: np.ndarra
     group = [i for i, n in enumerate(clf.labels) if n.startswith("spoof")]
     scores = log_odds(clf.scores(feats[test], "sav" if method == "sav" else "calm").float().numpy(), group)
     stored = None
-    if p in THRESHOLDED:  # as calm_core.calibration.calibrate does it: the fitted (sub-)classes, no new split
+    if p in THRESHOLDED:  # as calm_core.method.calibration.calibrate does it: the fitted (sub-)classes, no new split
         config, units = replace(clf.config, split="none"), clf.support_labels
         assert units is not None
         loo = loo_log_odds(feats[sup], units, clf.labels, backbone.layout, backbone.fingerprint, config, ["spoof"])
@@ -327,7 +327,7 @@ def main() -> int:
     p.add_argument("--per-source", type=int, default=0, help="quick run: the calls set built with N clips per source")
     p.add_argument("--out", type=Path, default=Path("docs/robustness.md"))
     args = p.parse_args()
-    logging.getLogger("calm_core.classifier").setLevel(logging.ERROR)
+    logging.getLogger("calm_core.method.classifier").setLevel(logging.ERROR)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     backbone = load_backbone(args.model, LoadOptions())
     results: dict = {"monitor": {}}

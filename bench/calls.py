@@ -8,7 +8,7 @@ Folds: every (held-out human source, held-out synthesiser) pair, 4 x 4 = 16. Sup
 class drawn from the other three human sources and the other three synthesisers. Test: the held-out human
 source's test half against all clips of the held-out synthesiser. The held-out source's pool half plays the
 site's own genuine traffic for `calm calibrate` (no spoof among it). Calls: `--call-size` clips of one source.
-Scores: log-odds of spoof (calm_core.detection.log_odds) for CALM and SAV; the probe's decision function.
+Scores: log-odds of spoof (calm_core.method.detection.log_odds) for CALM and SAV; the probe's decision function.
 Thresholds (CALM): `stored` is what `calm fit --positive spoof` stores (EER point of leave-one-out support
 scores); `calibrated` is what `calm calibrate --far F` sets from the site's genuine clips.
 """
@@ -26,16 +26,16 @@ import numpy as np
 import torch
 from common import Features, fit_probe, head_matrix, mean_sd, paired_interval
 
-from calm_core.audio import load_audio
-from calm_core.augment import augment, recipe_channels
+from calm_core.audio.augment import augment, recipe_channels
+from calm_core.audio.conditioning import VERSION, condition
+from calm_core.audio.decode import load_audio
 from calm_core.backbones import LoadOptions, load_backbone
-from calm_core.calibration import far_threshold, loo_log_odds
-from calm_core.classifier import PRESETS, CalmClassifier
-from calm_core.conditioning import VERSION, condition
-from calm_core.detection import eer, log_odds, per_call
 from calm_core.devsets import build_devset, default_devset_dir
 from calm_core.devsets.calls import GENUINE_SOURCES, SPOOF_SOURCES
 from calm_core.features import default_cache_dir
+from calm_core.method.calibration import far_threshold, loo_log_odds
+from calm_core.method.classifier import PRESETS, CalmClassifier
+from calm_core.method.detection import eer, log_odds, per_call
 
 START, END = "<!-- calls: written by bench/calls.py -->", "<!-- calls end -->"
 PIPELINES = ("calm", "sav", "paper", "probe", "calm+cond", "sav+cond", "probe+cond", "calm+cond+aug")
@@ -205,7 +205,7 @@ def main() -> int:
     p.add_argument("--per-source", type=int, default=0, help="quick run: build the set with N clips per source")
     p.add_argument("--out", type=Path, default=Path("docs/robustness.md"))
     args = p.parse_args()
-    logging.getLogger("calm_core.classifier").setLevel(logging.ERROR)
+    logging.getLogger("calm_core.method.classifier").setLevel(logging.ERROR)
     results = {m.removeprefix("bundled:"): evaluate(m, args) for m in args.models}
     text = report(results, args)
     old = args.out.read_text() if args.out.is_file() else ""

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from calm_core import calm
+from calm_core.method import calm
 
 
 def support_draws(pools: list[torch.Tensor], shots: int, n: int, seed: int) -> Iterator[torch.Tensor]:

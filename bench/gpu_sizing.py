@@ -225,7 +225,7 @@ def calmd_streams(
     from timing import _long_wav, _service, holds, stream_latencies
 
     from calm_core.backbones import LoadOptions, load_backbone
-    from calm_core.classifier import CalmClassifier, CalmConfig
+    from calm_core.method.classifier import CalmClassifier, CalmConfig
     from calm_core.testing import voiced
 
     bb = load_backbone(str(model_dir), LoadOptions(device=device, dtype=precision, load_layers=exit_layer + 1))  # type: ignore[arg-type]

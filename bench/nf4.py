@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
+from calm_core.audio.clipsets import label_index, load_examples
 from calm_core.backbones import LoadOptions, load_backbone
-from calm_core.classifier import CalmClassifier
-from calm_core.data import label_index, load_examples
 from calm_core.devsets import build_devset
 from calm_core.features import FeatureStore, default_cache_dir
+from calm_core.method.classifier import CalmClassifier
 
 sys.path.insert(0, str(Path(__file__).parent))
 from accuracy import draws  # noqa: E402  (the same support draws as bench/accuracy.py)
@@ -46,7 +46,7 @@ def accuracies(feats, y, test, ty, names, backbone, idx_draws) -> dict[str, list
 
 def seconds_per_clip(backbone, paths: list[Path]) -> float:
     """Median time of one full-depth forward per clip, after one untimed pass over the same clips."""
-    from calm_core.audio import load_audio
+    from calm_core.audio.decode import load_audio
 
     clips = [load_audio(p) for p in paths]
     for clip in clips:
@@ -69,7 +69,7 @@ def main() -> int:
     p.add_argument("--timed", type=int, default=16)
     p.add_argument("--out", type=Path, default=Path(__file__).with_name("nf4.json"))
     args = p.parse_args()
-    logging.getLogger("calm_core.classifier").setLevel(logging.ERROR)
+    logging.getLogger("calm_core.method.classifier").setLevel(logging.ERROR)
 
     rows = []
     for model in args.models:

@@ -29,13 +29,13 @@ import numpy as np
 import torch
 from common import class_pools, fmt, mean_sd, paired_interval, support_draws
 
+from calm_core.audio.clipsets import label_index, load_examples
+from calm_core.audio.preprocessing import Preprocessing
 from calm_core.backbones import LoadOptions, load_backbone
 from calm_core.backbones.base import cpu_bf16_instructions
-from calm_core.channels import Preprocessing
-from calm_core.classifier import CalmClassifier
-from calm_core.data import label_index, load_examples
 from calm_core.devsets import build_devset
 from calm_core.features import FeatureStore, default_cache_dir
+from calm_core.method.classifier import CalmClassifier
 
 PER_CLASS = {"instruments": 40}
 PRECISIONS = ("fp32", "bf16")
@@ -126,7 +126,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("docs/precision.md"))
     args = p.parse_args()
-    logging.getLogger("calm_core.classifier").setLevel(logging.ERROR)
+    logging.getLogger("calm_core.method.classifier").setLevel(logging.ERROR)
     torch.manual_seed(args.seed)
     prep = Preprocessing(conditioning="sound")  # what `calm fit` does by default
     results: dict = {"cpu_bf16": ", ".join(cpu_bf16_instructions() or []) or "none", "sets": {}, "speed": {}}

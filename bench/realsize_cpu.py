@@ -159,8 +159,8 @@ def calmd_stream(model_dir: Path, classifier: Path, wav: Path, work: Path) -> di
     """calmd with one real-time file stream in 2 s windows until the file ends; latency_ms of every label."""
     import socket
 
-    from calmd.client import Subscriber
-    from calmd.events import LabelEvent
+    from calm_core.messages.client import Subscriber
+    from calm_core.messages.events import LabelEvent
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

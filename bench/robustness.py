@@ -4,7 +4,7 @@ distance, a background, a codec or a camera microphone delivers them. Writes doc
     python bench/robustness.py [--models bundled:whisper-tiny.en] [--sets instruments events]
                                [--shots 4 8] [--draws 20] [--out docs/robustness.md]
 
-Test shifts (calm_core.shifts, on the fixed test half; recorded backgrounds from Wesnoth's ambience loops):
+Test shifts (bench/shifts.py, on the fixed test half; recorded backgrounds from Wesnoth's ambience loops):
   clean    the test clip as it is
   window   inside calmd's 4 s fixed window at a random offset, over a -60 dBFS noise floor
   quiet    30 dB quieter (a far or low-gain microphone)
@@ -15,8 +15,8 @@ Test shifts (calm_core.shifts, on the fixed test half; recorded backgrounds from
   aac      AAC at 24 kbit/s (RTSP cameras, streams)
   g711     a G.711 mu-law telephone line
   camera   a camera microphone (band-pass 250 Hz - 5 kHz, soft compression) with a background at 20 dB SNR
-Pipelines (each fitted on the same support draw; `cond` = calm_core.conditioning "sound", `aug` = support
-augmented with calm_core.augment's "channels" recipe, copies grouped by recording):
+Pipelines (each fitted on the same support draw; `cond` = calm_core.audio.conditioning "sound", `aug` = support
+augmented with calm_core.audio.augment's "channels" recipe, copies grouped by recording):
   calm, sav, paper, probe            today's methods on the clips as they are
   calm+cond                          conditioned clips
   calm+aug, calm+cond+aug            augmented support (reliability by grouped leave-one-out)
@@ -37,18 +37,18 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import shifts
 import torch
 from common import Features, class_pools, fit_probe, fmt, head_matrix, paired_interval, support_draws
 
-from calm_core import shifts
-from calm_core.audio import decode_file, load_audio, prepare_clip
-from calm_core.augment import augment, recipe_channels
+from calm_core.audio.augment import augment, recipe_channels
+from calm_core.audio.clipsets import label_index, load_examples
+from calm_core.audio.conditioning import VERSION, condition
+from calm_core.audio.decode import decode_file, load_audio, prepare_clip
 from calm_core.backbones import LoadOptions, load_backbone
-from calm_core.classifier import PRESETS, CalmClassifier
-from calm_core.conditioning import VERSION, condition
-from calm_core.data import label_index, load_examples
 from calm_core.devsets import build_devset
 from calm_core.features import default_cache_dir
+from calm_core.method.classifier import PRESETS, CalmClassifier
 
 MARKER = "<!-- results: written by bench/robustness.py -->"
 CALLS_START, CALLS_END = "<!-- calls: written by bench/calls.py -->", "<!-- calls end -->"
@@ -237,7 +237,7 @@ def main() -> int:
     p.add_argument("--pipelines", nargs="+", default=list(PIPELINES), help="e.g. calm[top_k=40]+cond+aug")
     p.add_argument("--out", type=Path, default=Path("docs/robustness.md"))
     args = p.parse_args()
-    logging.getLogger("calm_core.classifier").setLevel(logging.ERROR)
+    logging.getLogger("calm_core.method.classifier").setLevel(logging.ERROR)
     backgrounds = load_backgrounds()
     results = {}
     for model in args.models:

@@ -197,7 +197,7 @@ def bench_faster(name: str, device: str = "cpu", repeats: int = 7) -> dict[str, 
         d = bb.decoder
         one = [bb.audio_tokens(clips[2])]
         tokens = {"prefix": len(d.prefix_ids), "audio": int(one[0].shape[0]), "suffix": len(d.suffix_ids)}
-        from calm_core.backbones.qwen2_audio import encode_valid_frames_batch, mel_valid_frames
+        from calm_core.backbones.valid_frames import encode_valid_frames_batch, mel_valid_frames
 
         mels = [mel_valid_frames(bb.feature_extractor, c) for c in clips]
         padded = encode_valid_frames_batch(bb.model.audio_tower, bb.model.multi_modal_projector, mels)
@@ -258,7 +258,7 @@ def bench_faster(name: str, device: str = "cpu", repeats: int = 7) -> dict[str, 
 # ---- 4-6. pipeline, latency, batching --------------------------------------------------------
 def _classifier(model: str, work: Path, dtype: str = "fp32") -> Path:
     """A small classifier fitted now (a cached one could be stale for the model's fingerprint)."""
-    from calm_core.cli import main as calm
+    from calm_core.cli.parser import main as calm
     from calm_core.testing import write_tone_dataset
 
     out = work / f"{Path(model).name}.{dtype}.calm.safetensors"

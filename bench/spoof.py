@@ -8,7 +8,7 @@ Conditions (bonafide support always from the pool half, bonafide test always the
   seen           spoof support from the pool half (all three engines), spoof test the test half's 40 clips
   held out X     spoof support only from the pool clips of the other two engines; spoof test every clip of
                  engine X, pool and test half (none of them can be drawn into the support)
-Scores: log-odds of spoof over bonafide (calm_core.detection.log_odds_ratio) for CALM (default CalmConfig) and
+Scores: log-odds of spoof over bonafide (calm_core.method.detection.log_odds_ratio) for CALM (default CalmConfig) and
 SAV; the logistic regression's decision function for the probe (all heads concatenated, each L2-normalised).
 A pseudo-call is `--call-size` test clips of one class, mostly of one language (bonafide: about one volunteer)
 or of one engine and language (spoof), fixed by the seed; its score is the mean of its clips' scores.
@@ -33,12 +33,12 @@ import torch
 from common import fit_probe, head_matrix, mean_sd, support_draws
 
 from calm_core.backbones import LoadOptions, load_backbone
-from calm_core.calibration import loo_log_odds
-from calm_core.classifier import CalmClassifier, CalmConfig
-from calm_core.detection import det_curve, detection_report, eer, log_odds, per_call
 from calm_core.devsets import build_devset
+from calm_core.evaluation.plots import DetCurve, plot_det
 from calm_core.features import FeatureStore, default_cache_dir
-from calm_core.plots import DetCurve, plot_det
+from calm_core.method.calibration import loo_log_odds
+from calm_core.method.classifier import CalmClassifier, CalmConfig
+from calm_core.method.detection import det_curve, detection_report, eer, log_odds, per_call
 
 SHOTS = (4, 8, 16, 32)
 ENGINES = ("espeak-ng", "festival", "flite")
@@ -347,7 +347,7 @@ def main() -> int:
     p.add_argument("--figure-model", default="whisper-base")
     p.add_argument("--figure-shots", type=int, default=16)
     args = p.parse_args()
-    logging.getLogger("calm_core.classifier").setLevel(logging.ERROR)
+    logging.getLogger("calm_core.method.classifier").setLevel(logging.ERROR)
     t0 = time.perf_counter()
     data = build_devset("spoof")
     results = {}

@@ -64,7 +64,7 @@ def _service(
     model: str, classifier: Path, streams: list[dict[str, Any]], backbone: Any = None, **inference: Any
 ) -> Any:
     from calmd.config import parse_config
-    from calmd.service import Service
+    from calmd.inference.service import Service
 
     port = _free_port()
     device = "cpu" if backbone is None else str(backbone.device)
@@ -103,8 +103,8 @@ def _long_wav(work: Path, seconds: int) -> Path:
 def stream_latencies(service: Any, spread: float, seconds: float) -> tuple[list[float], int]:
     """Run a built service's streams: ms from each segment's end to its label at a subscriber, for segments
     ending from 2 s after the last stream started (warm-up before), for `seconds`; and the segments dropped."""
-    from calmd.client import Subscriber
-    from calmd.events import LabelEvent
+    from calm_core.messages.client import Subscriber
+    from calm_core.messages.events import LabelEvent
 
     lat = []
     with Subscriber(service.cfg.publish.endpoint) as sub:

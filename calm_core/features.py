@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .audio import load_audio
+from .audio.decode import load_audio
+from .audio.preprocessing import Preprocessing
 from .backbones.base import Backbone
-from .channels import Preprocessing
 from .fingerprint import file_sha256
 
 
@@ -124,7 +124,7 @@ class FeatureStore:
         progress: bool = True,
         desc: str = "features",
     ) -> torch.Tensor:
-        """The clips as they are, then each of an augmentation recipe's copies in turn (calm_core.augment):
+        """The clips as they are, then each of an augmentation recipe's copies in turn (calm_core.audio.augment):
         (N * (1 + copies), L, H, D), the layout fit_classifier expects."""
         base = self.prep
         out = []

@@ -15,6 +15,7 @@ from calm_core.errors import CalmError
 from . import configbase
 from .configbase import Section as _Section
 from .configbase import check_endpoint
+from .page.auth import HashFormatError, parse_hash
 from .telephony.config import CallsSection, ListenersSection
 
 
@@ -106,8 +107,6 @@ class PageSection(_Section):
     @field_validator("password_hash")
     @classmethod
     def _password_hash(cls, v: str | None) -> str | None:
-        from .page.auth import HashFormatError, parse_hash  # lazy: calmd.page imports this module
-
         if v is not None:
             try:
                 parse_hash(v)
@@ -145,7 +144,7 @@ class VadSection(_Section):
         return self
 
 
-UNKNOWN = "unknown"  # the label of an abstaining classifier (calm_core.classifier.UNKNOWN, without torch)
+UNKNOWN = "unknown"  # the label of an abstaining classifier (calm_core.method.classifier.UNKNOWN, without torch)
 
 
 class LabelRule(_Section):
@@ -160,7 +159,7 @@ class EventsSection(_Section):
     enabled: bool = False  # also publish label start/end events on calm.event.<stream>
     end_after_s: Annotated[float, Field(gt=0)] = 3.0
     # A label counts as heard only with a score of at least min_score; an event starts once a label has been
-    # heard confirm_hits times within confirm_window_s of stream time (see daemon/detections.py).
+    # heard confirm_hits times within confirm_window_s of stream time (see daemon/outputs/detections.py).
     min_score: Annotated[float, Field(ge=0, le=1)] = 0.0
     confirm_hits: Annotated[int, Field(ge=1, le=100)] = 1
     confirm_window_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
@@ -178,7 +177,7 @@ class EventsSection(_Section):
 
 
 class ClipsSection(_Section):
-    """Saved detection clips: the audio of each event with a JSON sidecar, under `dir` (see daemon/clips.py)."""
+    """Saved detection clips: the audio of each event with a JSON sidecar, under `dir` (see daemon/outputs/clips.py)."""
 
     enabled: bool = False
     dir: Path = Path("/var/lib/calm/clips")

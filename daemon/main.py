@@ -149,10 +149,10 @@ def stop_while_starting() -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .metrics import Metrics
-    from .notify import Notifier
-    from .review import Review
-    from .service import Service
+    from .inference.service import Service
+    from .outputs.metrics import Metrics
+    from .outputs.notify import Notifier
+    from .review.workflow import Review
 
     stop = threading.Event()
     reloads = ReloadGate()

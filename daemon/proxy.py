@@ -27,8 +27,9 @@ from typing import Any
 
 import zmq
 
-from .events import STATUS_TOPIC
-from .notify import Notifier
+from calm_core.messages.events import STATUS_TOPIC
+
+from .outputs.notify import Notifier
 
 log = logging.getLogger("calm.proxy")
 

@@ -85,7 +85,7 @@ def invocations(line: str) -> list[tuple[str, list[str]]]:
 
 
 def parsers() -> dict[str, argparse.ArgumentParser]:
-    from calm_core.cli import build_parser as calm
+    from calm_core.cli.parser import build_parser as calm
     from calmd.main import build_parser as calmd
     from calmd.mqtt.main import build_parser as calm_mqtt
     from calmd.proxy import build_parser as calm_proxy

@@ -92,8 +92,81 @@ def test_imports_run_one_way() -> None:
 
 def test_the_circle_finder_sees_function_level_and_bare_bench_imports() -> None:
     known = modules()
-    assert "calm_core.preprocess.effects" in imported(
-        "calm_core.preprocess.augment", known["calm_core.preprocess.augment"], known
-    )
+    assert "calm_core.audio.effects" in imported("calm_core.audio.augment", known["calm_core.audio.augment"], known)
     assert "gpu" in imported("run", known["run"], known)  # `from gpu import run_gpu`, inside main()
     assert "timing" in imported("gpu_sizing", known["gpu_sizing"], known)
+
+
+# calm_core's packages, from the bottom up: a package imports only from packages on lower layers.
+LAYERS = {
+    "calm_core.errors": 0,
+    "calm_core.fingerprint": 0,
+    "calm_core.audio": 1,
+    "calm_core.messages": 1,
+    "calm_core.backbones": 2,
+    "calm_core.devsets": 2,
+    "calm_core.testing": 2,
+    "calm_core.features": 3,
+    "calm_core.method": 4,
+    "calm_core.evaluation": 5,
+    "calm_core.cli": 6,
+    "calm_core": 6,  # the package itself re-exports the classifier
+}
+FIT_PATH = ("calm_core.audio", "calm_core.backbones", "calm_core.features", "calm_core.method")
+LIGHT = ("calmd.mqtt", "calmd.proxy", "calmd.client", "calmd.events", "calm_core.messages")
+
+
+def package(module: str) -> str:
+    """calm_core.method.fitting -> calm_core.method; calm_core -> calm_core; bench scripts -> bench."""
+    parts = module.split(".")
+    if parts[0] not in PACKAGES:
+        return "bench"
+    return ".".join(parts[:2])
+
+
+def edges() -> list[tuple[str, str]]:
+    known = modules()
+    return [(m, t) for m, p in known.items() for t in sorted(imported(m, p, known))]
+
+
+def test_calm_core_packages_import_downwards_only() -> None:
+    wrong = []
+    for source, target in edges():
+        a, b = package(source), package(target)
+        if a.startswith("calm_core") and b.startswith("calm_core") and a != b:
+            if LAYERS[b] >= LAYERS[a]:
+                wrong.append(f"{source} -> {target}")
+    assert not wrong, "imports against calm_core's layers:\n" + "\n".join(wrong)
+
+
+def test_the_library_imports_no_daemon_and_the_fit_path_no_dev_tools() -> None:
+    wrong = []
+    for source, target in edges():
+        a, b = package(source), package(target)
+        if a.startswith("calm_core") and not b.startswith("calm_core"):
+            wrong.append(f"{source} -> {target}")  # calmd or a bench script
+        if a.startswith(FIT_PATH) and b in ("calm_core.devsets", "calm_core.testing", "calm_core.evaluation"):
+            wrong.append(f"{source} -> {target}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_bridges_and_subscribers_import_only_the_messages_from_the_library() -> None:
+    wrong = [
+        f"{s} -> {t}"
+        for s, t in edges()
+        if s.startswith(LIGHT)
+        and t.startswith("calm_core")
+        and package(t) not in ("calm_core.messages", "calm_core.errors", "calm_core")
+    ]
+    assert not wrong, "\n".join(wrong)
+    assert package("calm_core.method.fitting") == "calm_core.method" and package("run") == "bench"
+
+
+def test_capture_reads_only_its_config_and_audio() -> None:
+    wrong = [
+        f"{s} -> {t}"
+        for s, t in edges()
+        if s.startswith("calmd.capture")
+        and not t.startswith(("calmd.capture", "calmd.config", "calm_core.audio", "calm_core.errors"))
+    ]
+    assert not wrong, "\n".join(wrong)

@@ -50,7 +50,7 @@ def test_python_m_calmd_runs_from_anywhere(tmp_path: Path) -> None:
 
 
 def test_schemas_ship_with_the_package() -> None:
-    spec = importlib.util.find_spec("calmd")
+    spec = importlib.util.find_spec("calm_core.messages")
     assert spec is not None and spec.origin is not None
     assert {p.name for p in (Path(spec.origin).parent / "schemas").glob("*.json")} >= {
         "label.schema.json",

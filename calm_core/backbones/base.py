@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,34 +238,3 @@ def cpu_bf16_instructions() -> list[str] | None:
     except OSError:
         return None
     return [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
-
-
-def load_backbone(model: str | Path, options: LoadOptions = LoadOptions()) -> Backbone:
-    """Open the adapter that fits the model folder's config.json `model_type`."""
-    import json
-    import os
-
-    # Weights come from disk only; this also keeps transformers from asking the hub for extras.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-    model_dir = resolve_model_dir(model)
-    if options.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelLoadError(f"device {options.device!r} requested but CUDA is not available; use --device cpu")
-    if options.dtype is not None and options.dtype not in DTYPES:
-        raise ModelLoadError(f"dtype {options.dtype!r} is not supported; allowed: {', '.join(DTYPES)}")
-    if options.dtype == "bf16" and options.device == "cpu" and cpu_bf16_instructions() == []:
-        logging.getLogger("calm_core.backbones").warning(
-            "bf16 on a CPU without AVX512-BF16 or AMX is emulated and slower than fp32 (docs/performance.md §5)"
-        )
-    try:
-        model_type = json.loads((model_dir / "config.json").read_text())["model_type"]
-    except (json.JSONDecodeError, KeyError) as e:
-        raise ModelLoadError(f"{model_dir / 'config.json'}: unreadable or has no model_type ({e})") from e
-    from . import ADAPTERS
-
-    adapter = ADAPTERS.get(model_type)
-    if adapter is None:
-        raise ModelLoadError(
-            f"{model_dir}: model_type {model_type!r} has no calm adapter; supported: {', '.join(sorted(ADAPTERS))}"
-        )
-    return adapter(model_dir, options)

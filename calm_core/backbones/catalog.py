@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import HeadLayout
+from .registry import ADAPTERS
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
@@ -31,8 +32,6 @@ class FoundModel:
         return self.problem is None
 
     def to_dict(self) -> dict[str, Any]:
-        from . import ADAPTERS
-
         layout = self.layout
         return {
             "path": str(self.path),
@@ -97,8 +96,6 @@ def missing_weights(folder: Path) -> str | None:
 def inspect_folder(folder: Path, source: str, model_id: str | None = None) -> FoundModel | None:
     """The folder as a calm model, or None when it is no model folder (no config.json)."""
     from transformers import AutoConfig
-
-    from . import ADAPTERS
 
     config_file = folder / "config.json"
     if not config_file.is_file():

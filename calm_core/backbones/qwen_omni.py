@@ -6,7 +6,7 @@ Two facts make the stock forward easy to match exactly for audio-only input:
 - the audio encoder runs on valid frames only. Qwen2.5-Omni's stock thinker drops the padded mel
   frames (feature_attention_mask) before the encoder, which then works in independent windows of
   2 * n_window frames with block-diagonal attention; what the 30 s padded input costs is the
-  3000-frame log-mel, which mel_valid_frames avoids (equal values, see qwen2_audio.py). Qwen3-Omni's
+  3000-frame log-mel, which mel_valid_frames avoids (equal values, see valid_frames.py). Qwen3-Omni's
   processor does not pad a single clip at all; see encode_qwen3_audio for its encoder.
 - the multimodal (3-D) rotary positions of audio-only input are plain positions: get_rope_index only
   builds 3-D positions when an image or video grid is given, otherwise all three axes are 0..n-1, which
@@ -28,7 +28,7 @@ from ..fingerprint import Fingerprint, canonical_json, sha256_text
 from .audio_lm import default_precision, quiet_transformers, text_layout, truncate_layers
 from .base import LoadOptions, feature_fingerprint, precision_kwargs, resolve_exit_layer
 from .decoder import PromptDecoder, split_prompt
-from .qwen2_audio import mel_valid_frames
+from .valid_frames import mel_valid_frames
 
 ADAPTER_VERSION = "qwen2_5_omni/1"
 AUDIO_PLACEHOLDER = "<|AUDIO|>"

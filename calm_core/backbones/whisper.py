@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import AudioError, ModelLoadError
+from .audio_lm import quiet_transformers
 from .base import HeadLayout, LoadOptions, capture_heads, feature_fingerprint, precision_kwargs, resolve_exit_layer
-from .qwen2_audio import _quiet_transformers, mel_valid_frames
+from .valid_frames import mel_valid_frames
 
 ADAPTER_VERSION = "whisper/1"
 
@@ -46,7 +47,7 @@ class WhisperBackbone:
             config.decoder_layers = max(0, self.loaded_layers - self.n_enc)
             config.encoder_layers = min(self.n_enc, self.loaded_layers)
         try:
-            with _quiet_transformers():
+            with quiet_transformers():
                 self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
                 self.feature_extractor = WhisperFeatureExtractor.from_pretrained(self.model_dir, local_files_only=True)
                 # NF4 quantises every linear layer; convolutions, embeddings and norms stay in the

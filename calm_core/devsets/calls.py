@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from ..audio import load_audio
+from ..audio.decode import load_audio
 from ..errors import DatasetError
 from . import spoof
 from .common import Build, Clip, DevSet, Requirement, Source

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from ..audio import decode_file, prepare_clip
+from ..audio.decode import decode_file, prepare_clip
 from ..errors import DatasetError
 from .common import SAMPLE_RATE, Build, Clip, DevSet, Requirement, Source, balanced_split, loudest_window
 

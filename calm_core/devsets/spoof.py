@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from ..audio import load_audio
+from ..audio.decode import load_audio
+from ..audio.telephone import telephone_channel
 from ..errors import DatasetError
-from ..telephone import telephone_channel
 from .common import MAX_SECONDS, SAMPLE_RATE, Build, Clip, DevSet, Requirement, Source, trim_silence
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")

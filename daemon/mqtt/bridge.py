@@ -13,7 +13,8 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from ..events import CallEvent, EdgeEvent, Event, LabelEvent, StatusEvent
+from calm_core.messages.events import CallEvent, EdgeEvent, Event, LabelEvent, StatusEvent
+
 from .config import BridgeConfig
 from .topics import OFFLINE, ONLINE, Topics, discovery_configs
 

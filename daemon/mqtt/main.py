@@ -21,8 +21,9 @@ from typing import Any
 
 import zmq
 
-from ..client import Subscriber
-from ..notify import Notifier
+from calm_core.messages.client import Subscriber
+
+from ..outputs.notify import Notifier
 from .bridge import Bridge
 from .config import BridgeConfig, ConfigError, load_bridge_config
 from .link import BrokerError, Link

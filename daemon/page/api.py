@@ -1,9 +1,9 @@
 """The page's JSON API beside what it shows: the login session, and the review's writes.
 
 GET  /api/session        {"writes": "enabled"|"disabled", "logged_in", "csrf" (when logged in), "why"}
-GET  /api/review         the review (calmd.review.Review.state), readable without a login; one page of
+GET  /api/review         the review (calmd.review.workflow.Review.state), readable without a login; one page of
                          the saved detections, filtered by ?label= &stream= &min_score= &max_score= &since=
-                         &until= &unreviewed=1 &anchor= &offset= &limit= (calmd.review_query)
+                         &until= &unreviewed=1 &anchor= &offset= &limit= (calmd.review.query)
 POST /api/login          {"password"}: a session cookie and its CSRF token; 401 wrong, 429 too many tries
 POST /api/logout
 POST /api/review/verdict {"clip", "verdict": right|wrong|relabel|new|clear, "label", "positive" (new only)}
@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..config import PageSection
+from ..refusals import Refused
+from ..review.query import Query
 from . import auth
-from .refusals import Refused
 
 if TYPE_CHECKING:
-    from ..review import Review
+    from ..review.workflow import Review
 
 log = logging.getLogger("calmd.page")
 
@@ -62,8 +63,6 @@ class PageApi:
         if path == "/api/review":
             if self.review is None:
                 return Reply(200, {"enabled": False, "why": "no review: calmd is starting, or this is not calmd"})
-            from ..review_query import Query  # here: calmd.review_query imports this package
-
             return Reply(200, self.review.state(Query.parse(params or {})))
         return None
 

@@ -12,8 +12,9 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
-from ..events import CallEvent, EdgeEvent, Event, LabelEvent, StatusEvent
-from ..sinks import Sink
+from calm_core.messages.events import CallEvent, EdgeEvent, Event, LabelEvent, StatusEvent
+
+from ..outputs.sinks import Sink
 
 log = logging.getLogger("calmd.page")
 

@@ -15,7 +15,7 @@ const review = {
 };
 const VERDICT_TEXT = { right: "right", wrong: "wrong (recorded)", relabel: "this is", new: "new class" };
 const FMIN = 40;
-const FMAX = 8000; // calmd.spectrogram's mel range, for the frequency axis
+const FMAX = 8000; // calmd.outputs.spectrogram's mel range, for the frequency axis
 
 function query() {
   const params = new URLSearchParams();

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
+from ..refusals import CLIP_TYPES, Refused, clip_path
 from .hub import KEEPALIVE, PageHub
-from .refusals import CLIP_TYPES, Refused, clip_path
 
 if TYPE_CHECKING:
     from .api import PageApi, Reply

@@ -18,9 +18,9 @@ from typing import Any, Protocol
 import numpy as np
 import soxr
 
-from calm_core.telephone import mulaw_decode
+from calm_core.audio.telephone import mulaw_decode
 
-from ..sinks import StreamInfo
+from ..outputs.sinks import StreamInfo
 from .config import ListenerSection
 
 SAMPLE_RATE = 16_000

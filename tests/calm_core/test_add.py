@@ -10,10 +10,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from calm_core.channels import apply_channel
-from calm_core.classifier import CalmClassifier
+from calm_core.audio.channels import apply_channel
 from calm_core.errors import ClassifierFileError, DatasetError
-from calm_core.refit import FitRecord, add_clips
+from calm_core.method.classifier import CalmClassifier
+from calm_core.method.refit import FitRecord, add_clips
 from calm_core.testing import voiced
 
 from .test_cli import calm

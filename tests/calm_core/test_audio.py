@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from calm_core.audio import load_audio, prepare_clip, to_float_mono
+from calm_core.audio.decode import load_audio, prepare_clip, to_float_mono
 from calm_core.errors import AudioError
 
 

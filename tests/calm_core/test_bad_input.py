@@ -12,9 +12,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from calm_core.audio import MAX_SECONDS, load_audio
-from calm_core.classifier import CalmClassifier
+from calm_core.audio.decode import MAX_SECONDS, load_audio
 from calm_core.errors import AudioError, ClassifierFileError
+from calm_core.method.classifier import CalmClassifier
 
 from .test_classifier import fit
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from calm_core.calibration import eer_decision, loo_log_odds
-from calm_core.classifier import CalmClassifier, CalmConfig
-from calm_core.data import label_index, load_examples
-from calm_core.detection import eer
+from calm_core.audio.clipsets import label_index, load_examples
 from calm_core.features import FeatureStore
+from calm_core.method.calibration import eer_decision, loo_log_odds
+from calm_core.method.classifier import CalmClassifier, CalmConfig
+from calm_core.method.detection import eer
 
 from .test_cli import calm
 
@@ -96,7 +96,7 @@ def test_scores_that_all_tie_give_the_flag_everything_threshold() -> None:
 
 
 def test_far_rule_flags_at_most_that_share_of_negatives_by_hand() -> None:
-    from calm_core.calibration import far_threshold, parse_rule
+    from calm_core.method.calibration import far_threshold, parse_rule
 
     negatives = np.array([-3.0, -1.0, 0.5, 2.0, -2.0, 1.0, 0.0, -0.5, 3.0, -4.0])  # ten negatives
     # far=0.1 allows one false alarm: the threshold sits just above the second highest (2.0).

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from calm_core import calm
+from calm_core.method import calm
 
 
 def test_prototypes_are_normalised_class_means() -> None:

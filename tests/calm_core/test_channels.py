@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from calm_core.audio import load_audio
+from calm_core.audio.channels import apply_channel
+from calm_core.audio.decode import load_audio
 from calm_core.backbones import load_backbone
-from calm_core.channels import apply_channel
 from calm_core.features import FeatureStore
 
 

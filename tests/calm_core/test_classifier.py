@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from calm_core import calm
 from calm_core.backbones.base import HeadLayout
-from calm_core.classifier import PRESETS, UNKNOWN, CalmClassifier, CalmConfig
 from calm_core.errors import ClassifierFileError
 from calm_core.fingerprint import Fingerprint
+from calm_core.method import calm
+from calm_core.method.classifier import PRESETS, UNKNOWN, CalmClassifier, CalmConfig
 
 LAYOUT = HeadLayout(n_layers=6, n_heads=4, head_dim=8)
 FP = Fingerprint({"adapter": "test/1", "weights": "abc", "precision": "fp32"}, model_id="synthetic")

@@ -8,14 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from calm_core.classifier import CalmClassifier
+from calm_core.method.classifier import CalmClassifier
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
 def calm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        [sys.executable, "-m", "calm_core.cli", "-q", *args], capture_output=True, text=True, env=ENV, timeout=300
+        [sys.executable, "-m", "calm_core.cli", "-q", *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"calm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
@@ -178,10 +182,10 @@ def test_eval_per_call_and_det_plot(fitted, tone_sets, backbone, tmp_path: Path)
     import matplotlib.image
     import numpy as np
 
-    from calm_core.channels import Preprocessing
-    from calm_core.data import load_examples
-    from calm_core.detection import detection_report
+    from calm_core.audio.clipsets import load_examples
+    from calm_core.audio.preprocessing import Preprocessing
     from calm_core.features import FeatureStore
+    from calm_core.method.detection import detection_report
 
     out, cache, _ = fitted
     clips = load_examples(tone_sets["test"])  # 5 per class: calls of 2, 2 and 1 clips

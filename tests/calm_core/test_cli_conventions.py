@@ -7,7 +7,7 @@ from importlib import metadata
 
 import pytest
 
-from calm_core.cli import build_parser, main
+from calm_core.cli.parser import build_parser, main
 
 FIT = ["fit", "--model", "m", "--support", "s", "--out", "o.calm.safetensors"]
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from calm_core.conditioning import MARGIN_S, TARGET_DBFS, condition, sound_bounds, sound_level
+from calm_core.audio.conditioning import MARGIN_S, TARGET_DBFS, condition, sound_bounds, sound_level
 from calm_core.testing import tone
 
 SR = 16_000

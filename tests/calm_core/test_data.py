@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from calm_core.data import label_index, load_examples
+from calm_core.audio.clipsets import label_index, load_examples
 from calm_core.errors import DatasetError
 
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from calm_core.detection import (
+from calm_core.method.detection import (
     DcfCosts,
     det_curve,
     detection_report,

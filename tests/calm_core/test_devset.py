@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from calm_core.devset import build_devset, main, midi_file
+from calm_core.audio.telephone import MULAW_TABLE, mulaw_decode, mulaw_encode, telephone_channel
 from calm_core.devsets import DEVSETS, missing_packages
 from calm_core.devsets import build_devset as build_named
+from calm_core.devsets.__main__ import build_devset, main, midi_file
 from calm_core.devsets.common import Build, Clip, Requirement, Source
 from calm_core.errors import DatasetError
-from calm_core.telephone import MULAW_TABLE, mulaw_decode, mulaw_encode, telephone_channel
 
 
 def needs_packages_of(name: str) -> pytest.MarkDecorator:

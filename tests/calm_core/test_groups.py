@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from calm_core.classifier import CalmClassifier, group_members, parent_of
-from calm_core.detection import log_odds
-from calm_core.evaluation import detection, evaluate
+from calm_core.evaluation.metrics import detection, evaluate
+from calm_core.method.classifier import CalmClassifier, group_members, parent_of
+from calm_core.method.detection import log_odds
 
 from .test_classifier import FP, LAYOUT, SPARSE, synthetic
 
@@ -134,7 +134,7 @@ def test_auto_split_leaves_a_one_kind_class_whole() -> None:
 
 
 def test_a_stored_group_reads_as_names_whether_one_name_or_a_list() -> None:
-    from calm_core.subclasses import as_group
+    from calm_core.method.subclasses import as_group
 
     assert as_group("spoof") == ("spoof",) and as_group(["spoof", "neural"]) == ("spoof", "neural")
     assert as_group(None) == () and as_group("") == () and as_group([]) == ()

@@ -8,9 +8,9 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from calm_core import calm
-from calm_core.classifier import CalmClassifier, CalmConfig
 from calm_core.errors import ClassifierFileError
+from calm_core.method import calm
+from calm_core.method.classifier import CalmClassifier, CalmConfig
 
 from .test_classifier import FP, LAYOUT, SPARSE, synthetic
 
@@ -50,7 +50,7 @@ def test_a_file_whose_probe_does_not_fit_is_refused(tmp_path: Path) -> None:
 
     feats, labels = synthetic(6)
     path = CalmClassifier.fit(feats, labels, ["a", "b", "c"], LAYOUT, FP, PROBE).save(tmp_path / "p.safetensors")
-    from calm_core.classifier import _safetensors_metadata
+    from calm_core.method.classifier import _safetensors_metadata
 
     meta = _safetensors_metadata(path.read_bytes())
     tensors = load_file(str(path))

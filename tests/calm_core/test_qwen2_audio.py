@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from calm_core.backbones import LoadOptions, load_backbone
-from calm_core.backbones.qwen2_audio import mel_valid_frames
+from calm_core.backbones.valid_frames import mel_valid_frames
 from calm_core.errors import AudioError, ModelLoadError
 from calm_core.testing import make_tiny_qwen2_audio, tone
 from calm_core.testing.qwen2_audio import stock_audio_tokens

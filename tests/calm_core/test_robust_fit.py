@@ -9,13 +9,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from calm_core.augment import recipe_channels
+from calm_core.audio.augment import recipe_channels
+from calm_core.audio.preprocessing import Preprocessing
 from calm_core.backbones import load_backbone
-from calm_core.calibration import far_threshold
-from calm_core.channels import Preprocessing
-from calm_core.classifier import CalmClassifier
-from calm_core.evaluation import detection_scores
+from calm_core.evaluation.metrics import detection_scores
 from calm_core.features import FeatureStore
+from calm_core.method.calibration import far_threshold
+from calm_core.method.classifier import CalmClassifier
 from calm_core.testing import write_tone_dataset
 
 from .test_add import same_classifier, write_voice

@@ -131,7 +131,7 @@ def test_an_unrecognised_read_out_runs_the_exit_layer_in_full(backbone, audio) -
 
 
 def test_padded_masked_encoder_batch_equals_one_clip_at_a_time(backbone) -> None:
-    from calm_core.backbones.qwen2_audio import encode_valid_frames_batch, mel_valid_frames
+    from calm_core.backbones.valid_frames import encode_valid_frames_batch, mel_valid_frames
 
     clips = [tone(440.0, 0.5), tone(880.0, 2.0, seed=1), tone(150.0, 0.13, seed=5), tone(1200.0, 1.37, seed=2)]
     mels = [mel_valid_frames(backbone.feature_extractor, c) for c in clips]

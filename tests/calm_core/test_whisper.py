@@ -57,7 +57,7 @@ def whisper(whisper_dir):
 def test_converted_weights_transcribe_speech(whisper_dir: Path, tmp_path: Path) -> None:
     from transformers import AutoTokenizer, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
-    from calm_core.audio import load_audio
+    from calm_core.audio.decode import load_audio
 
     wav = tmp_path / "say.wav"
     subprocess.run(["espeak-ng", "-w", str(wav), "The quick brown fox jumps over the lazy dog."], check=True)
@@ -94,7 +94,7 @@ def test_early_exit_equals_full_and_skips_the_decoder(whisper) -> None:
 
 @needs_bundle
 def test_decoder_heads_match_the_stock_decoder_forward(whisper) -> None:
-    from calm_core.backbones.qwen2_audio import mel_valid_frames
+    from calm_core.backbones.valid_frames import mel_valid_frames
 
     clip = tone(660.0, 1.5)
     ours = whisper.head_activations([clip])[0, 4:]
@@ -147,7 +147,7 @@ def test_whisper_base_joins_converts_and_transcribes(
 ) -> None:
     from transformers import AutoTokenizer, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
-    from calm_core.audio import load_audio
+    from calm_core.audio.decode import load_audio
 
     wav = tmp_path / "say.wav"
     subprocess.run(["espeak-ng", "-v", voice, "-s", "140", "-w", str(wav), sentence], check=True)

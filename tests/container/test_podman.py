@@ -255,8 +255,8 @@ def state(name: str, field: str) -> str:
 
 
 def first_label(endpoint: str):
-    from calmd.client import Subscriber
-    from calmd.events import LabelEvent
+    from calm_core.messages.client import Subscriber
+    from calm_core.messages.events import LabelEvent
 
     with Subscriber(endpoint, status=False) as sub:
         deadline = time.monotonic() + TIMEOUT_S

@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-SCHEMAS = Path(__file__).resolve().parents[2] / "daemon" / "schemas"
+SCHEMAS = Path(__file__).resolve().parents[2] / "calm_core" / "messages" / "schemas"
 
 
 def free_port() -> int:

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from calmd.client import Subscriber
-from calmd.events import LabelEvent
+from calm_core.messages.client import Subscriber
+from calm_core.messages.events import LabelEvent
 
 from .conftest import ENV, endpoint_of, write_config
 

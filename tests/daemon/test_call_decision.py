@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from calm_core.classifier import CalmClassifier
-from calmd.calls import CallAggregator, decision_policy, segment_log_odds
-from calmd.events import CallEvent, LabelEvent, Scored
-from calmd.metrics import Metrics
-from calmd.sinks import StreamInfo
+from calm_core.messages.events import CallEvent, LabelEvent, Scored
+from calm_core.method.classifier import CalmClassifier
+from calmd.outputs.calls import CallAggregator, decision_policy, segment_log_odds
+from calmd.outputs.metrics import Metrics
+from calmd.outputs.sinks import StreamInfo
 
 from .conftest import ENV
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from calmd.client import Subscriber
-from calmd.events import LabelEvent, StatusEvent
+from calm_core.messages.client import Subscriber
+from calm_core.messages.events import LabelEvent, StatusEvent
 
 from .conftest import endpoint_of, free_port, write_config
 

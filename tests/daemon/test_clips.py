@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from calmd.client import Subscriber
-from calmd.clips import ClipRecorder
+from calm_core.messages.client import Subscriber
+from calm_core.messages.events import EdgeEvent, StatusEvent
 from calmd.config import ClipsSection, ConfigError, parse_config
-from calmd.detections import DetectionTracker, Edge
-from calmd.events import EdgeEvent, StatusEvent
-from calmd.metrics import Metrics
-from calmd.sinks import StreamInfo
+from calmd.outputs.clips import ClipRecorder
+from calmd.outputs.detections import DetectionTracker, Edge
+from calmd.outputs.metrics import Metrics
+from calmd.outputs.sinks import StreamInfo
 
 from .conftest import ENV, endpoint_of, free_port, listen_to_late_scene, schema, wait_for, write_config
 from .test_signals import next_matching

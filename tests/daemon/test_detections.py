@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from calm_core.classifier import CalmClassifier
 from calm_core.fingerprint import file_sha256
-from calmd.client import Subscriber
+from calm_core.messages.client import Subscriber
+from calm_core.messages.events import EdgeEvent, Event, LabelEvent, StatusEvent
+from calm_core.method.classifier import CalmClassifier
 from calmd.config import ConfigError, EventsSection, parse_config
-from calmd.detections import Detections, DetectionTracker, check_rule_labels, rules_of
-from calmd.events import EdgeEvent, Event, LabelEvent, StatusEvent
+from calmd.outputs.detections import Detections, DetectionTracker, check_rule_labels, rules_of
 
 from .conftest import ENV, endpoint_of, write_config
 from .test_signals import fit_variant, next_matching

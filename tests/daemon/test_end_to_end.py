@@ -6,8 +6,8 @@ from pathlib import Path
 
 import jsonschema
 
-from calmd.client import Subscriber
-from calmd.events import LabelEvent, StatusEvent
+from calm_core.messages.client import Subscriber
+from calm_core.messages.events import LabelEvent, StatusEvent
 
 from .conftest import endpoint_of, schema, write_config
 

@@ -8,8 +8,8 @@ import socket
 import time
 from pathlib import Path
 
-from calmd.client import Subscriber
-from calmd.events import LabelEvent, StatusEvent
+from calm_core.messages.client import Subscriber
+from calm_core.messages.events import LabelEvent, StatusEvent
 
 from .conftest import endpoint_of, write_config
 

@@ -21,7 +21,7 @@ import pytest
 import zmq
 from paho.mqtt.enums import CallbackAPIVersion
 
-from calmd.events import (
+from calm_core.messages.events import (
     CallEvent,
     CallLeg,
     EdgeEvent,

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from calmd.client import Subscriber
+from calm_core.messages.client import Subscriber
+from calm_core.messages.events import CallEvent, CallLeg, EdgeEvent, LabelEvent, Scored, StatusEvent, StreamStatus
 from calmd.config import ConfigError, PageSection, parse_config
-from calmd.events import CallEvent, CallLeg, EdgeEvent, LabelEvent, Scored, StatusEvent, StreamStatus
-from calmd.page import LivePage
 from calmd.page.hub import LABELS_PER_STREAM, QUEUE_MESSAGES
+from calmd.page.live import LivePage
 
 from .conftest import endpoint_of, free_port, wait_for, write_config
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from calm_core.classifier import CalmClassifier
+from calm_core.method.classifier import CalmClassifier
 from calmd.page.auth import hash_password
 
 from .conftest import ENV, Daemon, free_port, page_login, page_request, wait_for, write_config

@@ -14,16 +14,16 @@ from typing import Any
 
 import pytest
 
+from calm_core.messages.events import StatusEvent
 from calm_core.testing import voiced
-from calmd.clips import ClipRecorder
 from calmd.config import ClipsSection, PageSection
-from calmd.detections import Edge, Heard
-from calmd.events import StatusEvent
-from calmd.metrics import Metrics
-from calmd.page import LivePage
+from calmd.outputs.clips import ClipRecorder
+from calmd.outputs.detections import Edge, Heard
+from calmd.outputs.metrics import Metrics
+from calmd.outputs.spectrogram import N_MELS
 from calmd.page.auth import hash_password
-from calmd.review import MIN_CLIPS, Review
-from calmd.spectrogram import N_MELS
+from calmd.page.live import LivePage
+from calmd.review.workflow import MIN_CLIPS, Review
 
 from .conftest import page_login, page_request, wait_for
 from .test_page import browser  # noqa: F401  (a fixture: Debian's chromium)

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from calm_core.testing import voiced
-from calmd.clips import ClipRecorder
-from calmd.detections import Edge, Heard
+from calmd.outputs.clips import ClipRecorder
+from calmd.outputs.detections import Edge, Heard
 
 from .conftest import wait_for
 from .test_page import (
@@ -173,7 +173,7 @@ def test_in_chromium_a_taught_clip_the_new_version_still_labels_as_before_is_fla
     tmp_path: Path,
     record_property: Any,
 ) -> None:
-    from calmd.review import Verdict, Version
+    from calmd.review.workflow import Verdict, Version
 
     kept, missed = (save(page.rec, "beep", 0.7, n) for n in range(2))
     review = page.review

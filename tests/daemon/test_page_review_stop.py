@@ -22,12 +22,12 @@ from .test_page_review_calmd import JOB, NEW_CLASS, PASSWORD, detections_of_two_
 
 pytestmark = pytest.mark.slow
 
-# The refit child (python -m calmd.teach) inherits calmd's environment: its save leaves a temporary file
+# The refit child (python -m calmd.review.teach) inherits calmd's environment: its save leaves a temporary file
 # beside the version file, says so in a file the test waits for, and then takes "forever".
 SLOW_SAVE = """
 import os, time
 from pathlib import Path
-from calm_core.classifier import CalmClassifier
+from calm_core.method.classifier import CalmClassifier
 
 def save(self, path):
     path = Path(path)

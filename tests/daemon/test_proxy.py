@@ -13,8 +13,8 @@ import pytest
 import soundfile as sf
 import zmq
 
-from calmd.client import Subscriber
-from calmd.events import LabelEvent, StatusEvent
+from calm_core.messages.client import Subscriber
+from calm_core.messages.events import LabelEvent, StatusEvent
 
 from .conftest import ENV, Daemon, endpoint_of, free_port, wait_for, write_config
 

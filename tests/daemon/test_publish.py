@@ -9,10 +9,10 @@ import pytest
 import zmq
 import zmq.auth
 
-from calmd.client import Subscriber
+from calm_core.messages.client import Subscriber
+from calm_core.messages.events import EdgeEvent, LabelEvent, Scored, StatusEvent, StreamStatus, decode, encode
 from calmd.config import PublishSection
-from calmd.events import EdgeEvent, LabelEvent, Scored, StatusEvent, StreamStatus, decode, encode
-from calmd.publisher import Publisher
+from calmd.outputs.publisher import Publisher
 
 from .conftest import free_port, listen_to_late_scene, schema
 

@@ -17,9 +17,9 @@ import psutil
 import pytest
 import soundfile as sf
 
+from calm_core.messages.client import Subscriber
+from calm_core.messages.events import LabelEvent, StatusEvent
 from calm_core.testing import voiced
-from calmd.client import Subscriber
-from calmd.events import LabelEvent, StatusEvent
 
 from .conftest import ENV, endpoint_of, write_config
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import soundfile as sf
 
-from calm_core.classifier import CalmClassifier
+from calm_core.messages.client import Subscriber
+from calm_core.messages.events import LabelEvent, StatusEvent
+from calm_core.method.classifier import CalmClassifier
 from calm_core.testing import voiced
-from calmd.client import Subscriber
-from calmd.events import LabelEvent, StatusEvent
 
 from .conftest import ENV, endpoint_of, write_config
 from .test_signals import next_matching

@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from calm_core.testing import voiced
+from calmd.capture.segmenter import Segmenter
 from calmd.config import VadSection
-from calmd.segmenter import Segmenter
 
 SR = 16000
 SILENCE = np.zeros(SR, dtype=np.float32)
@@ -87,7 +87,7 @@ def test_energy_mode_finds_tones_webrtcvad_is_not_made_for() -> None:
 
 
 def test_energy_mode_floor_follows_a_louder_background_slowly() -> None:
-    from calmd.segmenter import NoiseFloor
+    from calmd.capture.segmenter import NoiseFloor
 
     floor = NoiseFloor(above_db=12.0, rise_db_per_frame=0.06)  # 3 dB/s at 20 ms frames
     assert floor.active(-40.0)  # 20 dB over the starting floor of -60 dBFS

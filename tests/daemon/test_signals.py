@@ -10,20 +10,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from calm_core.classifier import CalmClassifier, CalmConfig
 from calm_core.features import FeatureStore
 from calm_core.fingerprint import Fingerprint, file_sha256
+from calm_core.messages.client import Subscriber
+from calm_core.messages.events import LabelEvent, StatusEvent
+from calm_core.method.classifier import CalmClassifier, CalmConfig
 from calm_core.testing import voiced
-from calmd.client import Subscriber
-from calmd.events import LabelEvent, StatusEvent
-from calmd.service import THREAD_STOP_S
+from calmd.inference.service import THREAD_STOP_S
 
 from .conftest import Daemon, endpoint_of, wait_for, write_config
 from .test_faults import fault_env
 
 
 def fit_variant(backbone, tone_sets, out: Path, fingerprint: Fingerprint | None = None, **config) -> Path:
-    from calm_core.data import label_index, load_examples
+    from calm_core.audio.clipsets import label_index, load_examples
 
     examples = load_examples(tone_sets["support"])
     labels, y = label_index(examples)

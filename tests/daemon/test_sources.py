@@ -9,8 +9,8 @@ try:
 except OSError as e:  # the Python package is installed, the PortAudio library it loads is not
     pytest.skip(f"needs the PortAudio library (Debian: libportaudio2): {e}", allow_module_level=True)
 
+from calmd.capture.sources import MicSource, Source
 from calmd.config import StreamSection
-from calmd.sources import MicSource, Source
 
 
 def run_source(source: Source, until, timeout: float = 10.0) -> list[tuple[str, str | None]]:
@@ -55,7 +55,7 @@ def test_a_delayed_source_delivers_nothing_before_its_delay(tmp_path) -> None:
     import numpy as np
     import soundfile as sf
 
-    from calmd.sources import FileSource
+    from calmd.capture.sources import FileSource
 
     wav = tmp_path / "a.wav"
     sf.write(wav, np.zeros(16_000, dtype=np.float32), 16_000)
@@ -92,7 +92,7 @@ def test_calmd_starts_fixed_window_streams_spread_over_one_hop(
     import soundfile as sf
 
     from calmd.config import parse_config
-    from calmd.service import Service
+    from calmd.inference.service import Service
 
     wav = tmp_path / "a.wav"
     sf.write(wav, np.zeros(8_000, dtype=np.float32), 16_000)

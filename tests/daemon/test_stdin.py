@@ -7,8 +7,8 @@ from pathlib import Path
 
 import soundfile as sf
 
-from calmd.client import Subscriber
-from calmd.events import LabelEvent, StatusEvent
+from calm_core.messages.client import Subscriber
+from calm_core.messages.events import LabelEvent, StatusEvent
 
 from .conftest import ENV, endpoint_of, write_config
 

@@ -18,8 +18,8 @@ import pytest
 import soxr
 import tomllib
 
-from calmd.client import Subscriber
-from calmd.events import CallEvent, StatusEvent
+from calm_core.messages.client import Subscriber
+from calm_core.messages.events import CallEvent, StatusEvent
 
 from .conftest import Daemon, endpoint_of, free_port, schema, wait_for, write_config
 
@@ -74,7 +74,7 @@ def audiosocket_call(port: int, call_id: uuid.UUID, audio16k: np.ndarray, kind: 
 
 def mulaw_b64(audio16k: np.ndarray) -> list[str]:
     """20 ms base64 mu-law chunks at 8 kHz, as Twilio sends them."""
-    from calm_core.telephone import mulaw_encode
+    from calm_core.audio.telephone import mulaw_encode
 
     pcm = (np.clip(soxr.resample(audio16k, 16000, 8000), -1, 1) * 32767).astype(np.int16)
     codes = mulaw_encode(pcm).astype(np.uint8).tobytes()

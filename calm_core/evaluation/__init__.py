@@ -1,0 +1,1 @@
+"""Evaluation: CALM against SAV on the same features (metrics), and figures (plots)."""
