@@ -28,14 +28,13 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import shifts
 import torch
-from common import Features, class_pools, fit_probe, head_matrix, mean_sd, paired_interval, support_draws
+from common import Features, class_pools, fit_pipeline, mean_sd, paired_interval, support_draws
 from robustness import devset_halves, load_backgrounds
 
 from calm_core.audio.conditioning import VERSION, condition
@@ -46,8 +45,7 @@ from calm_core.devsets import build_devset, default_devset_dir
 from calm_core.devsets.calls import GENUINE_SOURCES, SPOOF_SOURCES
 from calm_core.features import default_cache_dir
 from calm_core.method.calibration import loo_log_odds
-from calm_core.method.classifier import PRESETS, CalmClassifier
-from calm_core.method.detection import eer, log_odds, per_call
+from calm_core.method.detection import eer, per_call
 
 START, END = "<!-- site: written by bench/adaptation.py -->", "<!-- site end -->"
 MONITOR_PIPELINES = ("calm", "calm+cond", "calm+probe", "calm+cond+probe", "sav", "paper", "probe")
@@ -96,14 +94,6 @@ def at_site(x: np.ndarray, site: Site, backgrounds: list[np.ndarray], rng: np.ra
     return (y / peak * 0.9).astype(np.float32) if peak > 0.99 else y
 
 
-def fit(method: str, support: torch.Tensor, labels: torch.Tensor, names: list[str], backbone,  # type: ignore[no-untyped-def]
-        split: bool = False) -> CalmClassifier:  # fmt: skip
-    base, combiner = method.split("+")[0], "probe" if "+probe" in method else "vote"
-    config = replace(PRESETS["paper" if base == "paper" else "calm"], split="auto" if split else "none",
-                     combiner=combiner)  # fmt: skip
-    return CalmClassifier.fit(support, labels, names, backbone.layout, backbone.fingerprint, config)
-
-
 # ---- monitoring ---------------------------------------------------------------------------------------------
 def monitor(name: str, backbone, args: argparse.Namespace, backgrounds: list[np.ndarray]) -> dict:  # type: ignore[no-untyped-def]
     names, pool, y, test, ty = devset_halves(name, args.limit)
@@ -143,7 +133,9 @@ def monitor(name: str, backbone, args: argparse.Namespace, backgrounds: list[np.
         for p in args.pipelines:
             method, cond = p.replace("+cond", ""), "sound" if "+cond" in p else "none"
             clean_sup, clean_lab = feats[("pool", "clean", cond)][idx], y_t[idx]
-            predict0 = _monitor_fit(method, clean_sup, clean_lab, names, backbone)  # m = 0: the same at every site
+            predict0 = fit_pipeline(
+                method, clean_sup, clean_lab, names, backbone
+            ).predict  # m = 0: the same at every site
             acc[p]["clean"][0].append(float((predict0(feats[("test", "clean", cond)]) == ty_t).float().mean()))
             for site in sites:
                 test_feats = feats[("test", site.name, cond)]
@@ -152,21 +144,12 @@ def monitor(name: str, backbone, args: argparse.Namespace, backgrounds: list[np.
                     if m:
                         extra = torch.cat([s[:m] for s in site_idx])
                         sup = torch.cat([clean_sup, feats[("pool", site.name, cond)][extra]])
-                        predict = _monitor_fit(method, sup, torch.cat([clean_lab, y_t[extra]]), names, backbone)
+                        predict = fit_pipeline(method, sup, torch.cat([clean_lab, y_t[extra]]), names, backbone).predict
                     acc[p][site.name][m].append(float((predict(test_feats) == ty_t).float().mean()))
         if draw == 0:
             print(f"{name}: first draw {time.perf_counter() - t0:.0f} s", flush=True)
     return {"classes": names, "pool": len(pool), "test": len(test), "acc": acc,
             "layout": f"{backbone.layout.n_layers} layers x {backbone.layout.n_heads} heads"}  # fmt: skip
-
-
-def _monitor_fit(method: str, sup: torch.Tensor, lab: torch.Tensor, names: list[str], backbone) -> Callable:  # type: ignore[no-untyped-def]
-    if method == "probe":
-        probe = fit_probe(sup, lab)
-        return lambda t: torch.from_numpy(probe.predict(head_matrix(t)))
-    clf = fit(method, sup, lab, names, backbone)
-    kind = "sav" if method == "sav" else "calm"
-    return lambda t: clf.scores(t, kind).argmax(1)
 
 
 # ---- calls --------------------------------------------------------------------------------------------------
@@ -226,12 +209,12 @@ def _call_scores(p: str, feats: torch.Tensor, sup: np.ndarray, labels: np.ndarra
                  test: np.ndarray, backbone) -> tuple[np.ndarray, float | None]:  # type: ignore[no-untyped-def]  # fmt: skip
     method = p.split()[0]
     lab = torch.from_numpy(labels).long()
-    if method == "probe":
-        probe = fit_probe(feats[sup], (lab > 0).long())
-        return probe.decision_function(head_matrix(feats[test])), None
-    clf = fit(method, feats[sup], lab, names, backbone, split=p.endswith("split"))
-    group = [i for i, n in enumerate(clf.labels) if n.startswith("spoof")]
-    scores = log_odds(clf.scores(feats[test], "sav" if method == "sav" else "calm").float().numpy(), group)
+    if method == "probe":  # the spoof group against the rest
+        return fit_pipeline(method, feats[sup], (lab > 0).long(), names, backbone).positive_score(feats[test], []), None
+    fitted = fit_pipeline(method, feats[sup], lab, names, backbone, split=p.endswith("split"))
+    clf = fitted.clf
+    assert clf is not None
+    scores = fitted.positive_score(feats[test], ["spoof"])
     stored = None
     if p in THRESHOLDED:  # as calm_core.method.calibration.calibrate does it: the fitted (sub-)classes, no new split
         config, units = replace(clf.config, split="none"), clf.support_labels

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import Features, fit_probe, head_matrix, mean_sd, paired_interval
+from common import Features, fit_pipeline, mean_sd, paired_interval
 
 from calm_core.audio.augment import augment, recipe_channels
 from calm_core.audio.conditioning import VERSION, condition
@@ -34,8 +34,7 @@ from calm_core.devsets import build_devset, default_devset_dir
 from calm_core.devsets.calls import GENUINE_SOURCES, SPOOF_SOURCES
 from calm_core.features import default_cache_dir
 from calm_core.method.calibration import far_threshold, loo_log_odds
-from calm_core.method.classifier import PRESETS, CalmClassifier
-from calm_core.method.detection import eer, log_odds, per_call
+from calm_core.method.detection import eer, per_call
 
 START, END = "<!-- calls: written by bench/calls.py -->", "<!-- calls end -->"
 PIPELINES = ("calm", "sav", "paper", "probe", "calm+cond", "sav+cond", "probe+cond", "calm+cond+aug")
@@ -60,24 +59,17 @@ def calls_of(index: np.ndarray, size: int) -> list[str]:
 
 def fold_scores(pipeline, feats, y, support, test, calib, backbone, shots_seed):  # type: ignore[no-untyped-def]
     """(test scores, calibration scores, stored threshold or None) for one pipeline on one support draw."""
-    method = pipeline.split("+")[0]
     aug = "+aug" in pipeline
     base = feats["sound" if "+cond" in pipeline else "none"]
     sup = torch.cat([c[support] for c in base]) if aug else base[0][support]
     labels = torch.tensor(y[support]).long().repeat(len(base) if aug else 1)
     groups = torch.arange(len(support)).repeat(len(base)) if aug else None
-    if method == "probe":
-        probe = fit_probe(sup, labels)
-        return (
-            probe.decision_function(head_matrix(base[0][test])),
-            probe.decision_function(head_matrix(base[0][calib])),
-            None,
-        )
-    config = PRESETS["paper" if method == "paper" else "calm"]
     names = ["bonafide", "spoof"]
-    clf = CalmClassifier.fit(sup, labels, names, backbone.layout, backbone.fingerprint, config, groups=groups)
-    kind = "sav" if method == "sav" else "calm"
-    score = lambda idx: log_odds(clf.scores(base[0][idx], kind).float().numpy(), 1)  # noqa: E731
+    fitted = fit_pipeline(pipeline, sup, labels, names, backbone, groups)
+    if fitted.clf is None:
+        return fitted.positive_score(base[0][test], []), fitted.positive_score(base[0][calib], []), None
+    config = fitted.clf.config
+    score = lambda idx: fitted.positive_score(base[0][idx], ["spoof"])  # noqa: E731
     stored = None
     if pipeline in THRESHOLDED:
         loo = loo_log_odds(sup, labels, names, backbone.layout, backbone.fingerprint, config, "spoof", groups)

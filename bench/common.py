@@ -1,16 +1,21 @@
-"""What the accuracy benchmarks share: support draws, the linear-probe baseline, mean ± sd."""
+"""What the accuracy benchmarks share: support draws, one fitter for every pipeline name (CALM, SAV, the paper,
+the probes), mean ± sd."""
 
 from __future__ import annotations
 
 import hashlib
 import statistics
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from calm_core.method import calm
+from calm_core.method.classifier import PRESETS, CalmClassifier
+from calm_core.method.detection import log_odds
 
 
 def support_draws(pools: list[torch.Tensor], shots: int, n: int, seed: int) -> Iterator[torch.Tensor]:
@@ -34,6 +39,55 @@ def fit_probe(support: torch.Tensor, labels: torch.Tensor):
     from sklearn.linear_model import LogisticRegression
 
     return LogisticRegression(C=1.0, max_iter=1000).fit(head_matrix(support), labels.numpy())
+
+
+def parse_method(text: str) -> tuple[str, dict]:
+    """`calm` or `calm[top_k=40,tau=0.05]`: a method and CalmConfig overrides (top_k=all: every head)."""
+    if "[" not in text:
+        return text, {}
+    method, rest = text.rstrip("]").split("[")
+    overrides: dict = {}
+    for item in rest.split(","):
+        key, value = item.split("=")
+        overrides[key] = None if value == "all" else (int(value) if value.isdigit() else float(value))
+    return method, overrides
+
+
+@dataclass
+class Fitted:
+    """One pipeline fitted on one support: CALM or SAV through a CalmClassifier, or the all-heads probe."""
+
+    clf: CalmClassifier | None
+    probe: Any  # a fitted sklearn LogisticRegression, or None
+    kind: str  # which scores of the classifier: "calm" or "sav"
+
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        """(N,) class indices."""
+        if self.clf is None:
+            return torch.from_numpy(self.probe.predict(head_matrix(features)))
+        return self.clf.scores(features, self.kind).argmax(1)
+
+    def positive_score(self, features: torch.Tensor, positive: Sequence[str]) -> np.ndarray:
+        """(N,) log-odds of the positive group (the probe: its decision value, fitted on 0 = negative, 1 = positive)."""
+        if self.clf is None:
+            return self.probe.decision_function(head_matrix(features))
+        group = [i for i, n in enumerate(self.clf.labels) if n.split("/")[0] in positive]
+        return log_odds(self.clf.scores(features, self.kind).float().numpy(), group)
+
+
+def fit_pipeline(pipeline: str, support: torch.Tensor, labels: torch.Tensor, names: list[str], backbone,  # type: ignore[no-untyped-def]
+                 groups: torch.Tensor | None = None, split: bool = False) -> Fitted:  # fmt: skip
+    """The pipeline's method (before the first `+`): `probe` (logistic regression over every head), `sav`,
+    `paper` (the paper's preset) or `calm`, with `[k=v]` CalmConfig overrides; `+probe` anywhere in the name fits
+    CALM's probe combiner; split=True lets the fit split classes into sub-classes (--split auto). Other `+` parts
+    (`+cond`, `+aug`) are the caller's: they choose the features."""
+    method, overrides = parse_method(pipeline.split("+")[0])
+    if method == "probe":
+        return Fitted(None, fit_probe(support, labels), "calm")
+    config = replace(PRESETS["paper" if method == "paper" else "calm"], **overrides)
+    config = replace(config, combiner="probe" if "+probe" in pipeline else "vote", split="auto" if split else "none")
+    clf = CalmClassifier.fit(support, labels, names, backbone.layout, backbone.fingerprint, config, groups=groups)
+    return Fitted(clf, None, "sav" if method == "sav" else "calm")
 
 
 def fmt(values: list[float]) -> str:

@@ -33,13 +33,12 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import shifts
 import torch
-from common import Features, class_pools, fit_probe, fmt, head_matrix, paired_interval, support_draws
+from common import Features, class_pools, fit_pipeline, fmt, paired_interval, support_draws
 
 from calm_core.audio.augment import augment, recipe_channels
 from calm_core.audio.clipsets import label_index, load_examples
@@ -48,7 +47,6 @@ from calm_core.audio.decode import decode_file, load_audio, prepare_clip
 from calm_core.backbones import LoadOptions, load_backbone
 from calm_core.devsets import build_devset
 from calm_core.features import default_cache_dir
-from calm_core.method.classifier import PRESETS, CalmClassifier
 
 MARKER = "<!-- results: written by bench/robustness.py -->"
 CALLS_START, CALLS_END = "<!-- calls: written by bench/calls.py -->", "<!-- calls end -->"
@@ -92,29 +90,6 @@ def test_shift(name: str, backgrounds: list[np.ndarray]) -> Callable[[np.ndarray
         "camera": lambda x, rng: shifts.mix_noise(shifts.camera_mic(x), background(rng), 20.0, rng),
     }
     return table[name]
-
-
-def parse_method(text: str) -> tuple[str, dict]:
-    """`calm` or `calm[top_k=40,tau=0.05]`: a method and CalmConfig overrides (top_k=all: every head)."""
-    if "[" not in text:
-        return text, {}
-    method, rest = text.rstrip("]").split("[")
-    overrides: dict = {}
-    for item in rest.split(","):
-        key, value = item.split("=")
-        overrides[key] = None if value == "all" else (int(value) if value.isdigit() else float(value))
-    return method, overrides
-
-
-def fit_predict(pipeline: str, support: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor | None,
-                tests: dict[str, torch.Tensor], names: list[str], backbone) -> dict[str, torch.Tensor]:  # fmt: skip
-    method, overrides = parse_method(pipeline.split("+")[0])
-    if method == "probe":
-        probe = fit_probe(support, labels)
-        return {s: torch.from_numpy(probe.predict(head_matrix(t))) for s, t in tests.items()}
-    config = replace(PRESETS["paper" if method == "paper" else "calm"], **overrides)
-    clf = CalmClassifier.fit(support, labels, names, backbone.layout, backbone.fingerprint, config, groups=groups)
-    return {s: clf.scores(t, "sav" if method == "sav" else "calm").argmax(1) for s, t in tests.items()}
 
 
 def devset_halves(name: str, limit: int = 0) -> tuple[list[str], list, list[int], list, list[int]]:
@@ -177,7 +152,8 @@ def evaluate_set(name: str, model: str, args: argparse.Namespace, backgrounds: l
                 support = torch.cat([c[idx] for c in copies])
                 labels = y_t[idx].repeat(len(copies))
                 groups = torch.arange(len(idx)).repeat(len(copies)) if len(copies) > 1 else None
-                preds = fit_predict(pipeline, support, labels, groups, tests[cond], names, backbone)
+                fitted = fit_pipeline(pipeline, support, labels, names, backbone, groups)
+                preds = {shift: fitted.predict(t) for shift, t in tests[cond].items()}
                 for s, p in preds.items():
                     acc[pipeline][s].append(float((p == ty_t).float().mean()))
         res["shots"][shots] = acc

@@ -58,3 +58,16 @@ def test_schemas_ship_with_the_package() -> None:
         "status.schema.json",
         "call.schema.json",
     }
+
+
+def test_the_daemon_s_message_modules_still_import() -> None:
+    # 0.1 scripts subscribe with calmd.client and calmd.events; both now name calm_core.messages' objects.
+    import calm_core.messages.client
+    import calm_core.messages.events
+    import calmd.client
+    import calmd.events
+
+    assert calmd.client.Subscriber is calm_core.messages.client.Subscriber
+    for name in calmd.events.__all__:
+        assert getattr(calmd.events, name) is getattr(calm_core.messages.events, name)
+    assert {"LabelEvent", "CallEvent", "StatusEvent", "Event", "decode", "LABEL_TOPIC"} <= set(calmd.events.__all__)
