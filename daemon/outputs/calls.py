@@ -30,7 +30,7 @@ from calm_core.method.subclasses import as_group, group_members, parent_of
 from .metrics import Metrics
 from .sinks import Sink, StreamInfo
 
-log = logging.getLogger("calmd.outputs.calls")
+log = logging.getLogger("calmd.calls")
 
 DEFAULT_THRESHOLD = 0.0
 DEFAULT_POSITIVE = "spoof"

@@ -38,7 +38,7 @@ from .metrics import Metrics
 from .sinks import Sink, StreamInfo
 from .spectrogram import spectrogram_png
 
-log = logging.getLogger("calmd.outputs.clips")
+log = logging.getLogger("calmd.clips")
 
 SAMPLE_RATE = 16_000
 SIDECAR_SCHEMA = "calm.clip/1"

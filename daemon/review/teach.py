@@ -30,7 +30,7 @@ from calm_core.features import FeatureStore, default_cache_dir
 from calm_core.method.classifier import CalmClassifier
 from calm_core.method.refit import FitRecord, add_clips, format_add
 
-log = logging.getLogger("calmd.review.teach")
+log = logging.getLogger("calmd.teach")
 
 EXIT_REFUSED = 2  # the refit refused the clips or the classifier (the message is on stderr)
 

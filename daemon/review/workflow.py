@@ -42,7 +42,7 @@ from .query import Query, Sidecars, page_of
 from .records import Interrupted, Job, Verdict, Version, checked_note, mark_taught, remove_version_file
 from .teach import classes_of, install, summary_counts
 
-log = logging.getLogger("calmd.review.workflow")
+log = logging.getLogger("calmd.review")
 
 # A class needs 2 support clips: with 1, leave-one-out (calm_core.method.calm.loo_posteriors) leaves it an empty
 # prototype, and calm_core.method.fitting then falls back to in-sample or uniform head weights for every class.

@@ -15,11 +15,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 def calm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        [sys.executable, "-m", "calm_core.cli", "-q", *args],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=300,
+        [sys.executable, "-m", "calm_core.cli", "-q", *args], capture_output=True, text=True, env=ENV, timeout=300
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"calm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")

@@ -208,17 +208,7 @@ def test_calm_fit_and_eval_on_a_tiny_model_made_by_the_command(tone_sets, tmp_pa
     model = made["model_dir"]
     out = tmp_path / "tones.safetensors"
     fit = json.loads(
-        run(
-            "calm_core.cli",
-            "-q",
-            "fit",
-            "--model",
-            model,
-            "--support",
-            str(tone_sets["support"]),
-            "--out",
-            str(out),
-        )
+        run("calm_core.cli", "-q", "fit", "--model", model, "--support", str(tone_sets["support"]), "--out", str(out))
     )
     assert out.is_file() and fit["support"] == 20 and fit["n_layers"] == 4
     result = json.loads(

@@ -170,8 +170,8 @@ def test_without_a_login_every_write_is_refused_and_nothing_changes(calmd: Calmd
         forged = {"Cookie": "calmd_session=made-up", "X-CSRF-Token": "made-up"}
         assert calmd.request("POST", path, body, forged)[0] == 403
     assert untouched(calmd) == before
-    assert all(d["verdict"] is None for d in calmd.review.workflow()["detections"])
-    assert calmd.review.workflow()["job"] is None
+    assert all(d["verdict"] is None for d in calmd.review()["detections"])
+    assert calmd.review()["job"] is None
 
 
 def test_a_forged_cross_site_post_is_refused(calmd: Calmd) -> None:
@@ -196,7 +196,7 @@ def test_a_forged_cross_site_post_is_refused(calmd: Calmd) -> None:
     same = {"Cookie": cookie, "X-CSRF-Token": csrf, "Content-Type": "text/plain"}
     assert calmd.request("POST", "/api/review/verdict", raw=json.dumps(verdict).encode(), headers=same)[0] == 415
     assert untouched(calmd) == before
-    assert all(d["verdict"] is None for d in calmd.review.workflow()["detections"])
+    assert all(d["verdict"] is None for d in calmd.review()["detections"])
     # the same request from the page itself is taken (and undone again)
     ok = {"Cookie": cookie, "X-CSRF-Token": csrf, "Origin": here, "Sec-Fetch-Site": "same-origin"}
     assert calmd.request("POST", "/api/review/verdict", verdict, ok)[0] == 200
@@ -261,13 +261,13 @@ def test_in_chromium_a_detection_relabelled_as_a_new_class_is_applied_and_undone
         # did teaching work: how live-v2 labels each clip it was taught, in the job and on each card
         assert "taught clips as taught" in done[1] or "not labelled as taught" in done[1], done[1]
         for d in two:
-            check = next(x["check"] for x in calmd.review.workflow()["detections"] if x["clip"] == d["clip"])
+            check = next(x["check"] for x in calmd.review()["detections"] if x["clip"] == d["clip"])
             assert check is not None and check["label"], check
             card_check = IN_CARD + "return card.querySelector('.verdict .check')?.textContent"
             assert f"live-v2 {'still ' if check['label'] != NEW_CLASS else ''}labels it {check['label']}" in shown(
                 browser, card_check, d["clip"]
             )
-        state = calmd.review.workflow()
+        state = calmd.review()
         assert state["current"] == "live-v2" and state["undo_to"] == "live-v1"
         assert file_sha256(calmd.live) == file_sha256(calmd.review_dir / "versions/live-v2.calm.safetensors")
         assert file_sha256(calmd.review_dir / "versions/live-v1.calm.safetensors") == original  # kept
@@ -292,7 +292,7 @@ def test_in_chromium_a_detection_relabelled_as_a_new_class_is_applied_and_undone
         undone = shown(browser, JOB, "undo")
         assert undone is not None and "job-done" in undone[0] and undone[2] == "live-v1", undone
         assert file_sha256(calmd.live) == original
-        assert calmd.review.workflow()["current"] == "live-v1"
+        assert calmd.review()["current"] == "live-v1"
         assert (calmd.review_dir / "versions/live-v2.calm.safetensors").is_file()  # every version is kept
         back = next_matching(sub, lambda e: taught(e) and e.label != NEW_CLASS, PAGE_WAIT_S)
         assert back is not None, calmd.daemon.log()[-3000:]
@@ -300,7 +300,7 @@ def test_in_chromium_a_detection_relabelled_as_a_new_class_is_applied_and_undone
         assert NEW_CLASS not in {s.label for s in back.top}
         detected = {slot(d["start_s"]): d["label"] for d in two}
         assert back.label == detected[slot(back.start_s)]  # the label it had before
-        assert all(d["verdict"]["state"] == "pending" for d in calmd.review.workflow()["detections"] if d["verdict"])
+        assert all(d["verdict"]["state"] == "pending" for d in calmd.review()["detections"] if d["verdict"])
 
         # the history lists both versions with their classes and support; Redo serves live-v2 again
         browser.execute_script("location.hash = '#versions'")
@@ -318,7 +318,7 @@ def test_in_chromium_a_detection_relabelled_as_a_new_class_is_applied_and_undone
         redone = shown(browser, JOB, "restore")
         assert redone is not None and "job-done" in redone[0] and redone[2] == "live-v2", redone
         assert file_sha256(calmd.live) == file_sha256(calmd.review_dir / "versions/live-v2.calm.safetensors")
-        verdicts = [d["verdict"] for d in calmd.review.workflow()["detections"] if d["verdict"]]
+        verdicts = [d["verdict"] for d in calmd.review()["detections"] if d["verdict"]]
         assert verdicts and all((v["state"], v["version"]) == ("applied", "live-v2") for v in verdicts), verdicts
         log = calmd.daemon.log()
     assert "review apply done: calmd now serves live-v2" in log and "reloaded" in log
