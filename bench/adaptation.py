@@ -51,6 +51,7 @@ START, END = "<!-- site: written by bench/adaptation.py -->", "<!-- site end -->
 MONITOR_PIPELINES = ("calm", "calm+cond", "calm+probe", "calm+cond+probe", "sav", "paper", "probe")
 CALL_PIPELINES = ("calm merged", "calm split", "calm sub", "calm+probe sub", "sav sub", "paper sub", "probe merged")
 THRESHOLDED = ("calm merged", "calm split", "calm sub", "calm+probe sub")
+THRESHOLD_RULES = ("stored", "taught only", "taught weighted", "class midpoint", "test EER")
 
 
 @dataclass(frozen=True)
@@ -166,8 +167,9 @@ def calls(backbone, args: argparse.Namespace) -> dict:  # type: ignore[no-untype
     key = f"calls-{args.per_source}" if args.per_source else "calls"  # bench/calls.py's key: one cache for both
     feats = store.get(f"{key}:none", [load_audio(p) for p in paths], lambda i, x: x)
     rng = np.random.default_rng(args.seed)
-    rows: dict = {p: {m: {"call_eer": [], "clip_eer": [], "fa": [], "miss": []} for m in args.call_site_clips}
-                  for p in CALL_PIPELINES}  # fmt: skip
+    rows: dict = {p: {m: {"call_eer": [], "clip_eer": [], "fa": [], "miss": [],
+                          "rules": {r: {"fa": [], "miss": []} for r in THRESHOLD_RULES}}
+                      for m in args.call_site_clips} for p in CALL_PIPELINES}  # fmt: skip
     t0 = time.perf_counter()
     for s in SPOOF_SOURCES:
         for g in GENUINE_SOURCES:
@@ -193,14 +195,19 @@ def calls(backbone, args: argparse.Namespace) -> dict:  # type: ignore[no-untype
                     for p in CALL_PIPELINES:
                         labels = sub if (p.endswith("sub") and m > 0) else merged
                         names = ["bonafide", "spoof", "spoof/new"][: int(labels.max()) + 1]
-                        scores, stored = _call_scores(p, feats, sup, labels, names, test, backbone)
+                        scores, loo = _call_scores(p, feats, sup, labels, names, test, backbone)
                         _, call_scores, call_pos = per_call(scores, positive, call_ids)
                         r = rows[p][m]
                         r["clip_eer"].append(eer(scores, positive)[0])
                         r["call_eer"].append(eer(call_scores, call_pos)[0])
-                        if stored is not None:
-                            r["fa"].append(float(np.mean(call_scores[~call_pos] >= stored)))
-                            r["miss"].append(float(np.mean(call_scores[call_pos] < stored)))
+                        if loo is None:
+                            continue
+                        rules = threshold_rules(loo, labels > 0, len(base), call_scores, call_pos)
+                        for rule, t in rules.items():
+                            r["rules"][rule]["fa"].append(float(np.mean(call_scores[~call_pos] >= t)))
+                            r["rules"][rule]["miss"].append(float(np.mean(call_scores[call_pos] < t)))
+                        r["fa"].append(r["rules"]["stored"]["fa"][-1])
+                        r["miss"].append(r["rules"]["stored"]["miss"][-1])
         print(f"calls: engine {s} done ({time.perf_counter() - t0:.0f} s)", flush=True)
     return {"rows": rows, "layout": f"{backbone.layout.n_layers} layers x {backbone.layout.n_heads} heads"}
 
@@ -215,13 +222,29 @@ def _call_scores(p: str, feats: torch.Tensor, sup: np.ndarray, labels: np.ndarra
     clf = fitted.clf
     assert clf is not None
     scores = fitted.positive_score(feats[test], ["spoof"])
-    stored = None
-    if p in THRESHOLDED:  # as calm_core.method.calibration.calibrate does it: the fitted (sub-)classes, no new split
-        config, units = replace(clf.config, split="none"), clf.support_labels
-        assert units is not None
-        loo = loo_log_odds(feats[sup], units, clf.labels, backbone.layout, backbone.fingerprint, config, ["spoof"])
-        stored = eer(loo, labels > 0)[1]
-    return scores, stored
+    if p not in THRESHOLDED:
+        return scores, None
+    # As calm_core.method.calibration.calibrate does it: the fitted (sub-)classes, no new split.
+    config, units = replace(clf.config, split="none"), clf.support_labels
+    assert units is not None
+    return scores, loo_log_odds(feats[sup], units, clf.labels, backbone.layout, backbone.fingerprint, config, ["spoof"])
+
+
+def threshold_rules(loo: np.ndarray, is_spoof: np.ndarray, n_base: int, call_scores: np.ndarray,
+                    call_pos: np.ndarray) -> dict[str, float]:  # fmt: skip
+    """Where a detector's threshold could sit, from the support's leave-one-out scores (the site's m clips of each
+    kind come after the n_base others). `stored` is what calm fit stores; `test EER` is no rule but the floor:
+    the EER point of the test calls themselves."""
+    taught = slice(n_base, None)
+    reps = np.r_[np.ones(n_base, int), np.full(loo.size - n_base, max(1, round(n_base / max(1, loo.size - n_base))))]
+    has_taught = loo.size - n_base >= 4  # 2 of each kind: an EER point of their own
+    return {
+        "stored": eer(loo, is_spoof)[1],
+        "taught only": eer(loo[taught], is_spoof[taught])[1] if has_taught else eer(loo, is_spoof)[1],
+        "taught weighted": eer(np.repeat(loo, reps), np.repeat(is_spoof, reps))[1],
+        "class midpoint": float(np.median(loo[is_spoof]) + np.median(loo[~is_spoof])) / 2,
+        "test EER": eer(call_scores, call_pos)[1],
+    }
 
 
 # ---- report -------------------------------------------------------------------------------------------------
@@ -289,6 +312,23 @@ def report(results: dict, args: argparse.Namespace) -> str:
         out += ["", f"Paired call-EER differences at m = {big} (points): "
                 + "; ".join(f"{p} − calm merged {diff(rows[p][big]['call_eer'], base, 100)}"
                             for p in CALL_PIPELINES[1:]), ""]  # fmt: skip
+        taught = [m for m in cms if m]
+        out += [
+            "Where the threshold sits, for calm merged: genuine calls flagged % / synthetic calls missed %, "
+            "mean over folds × draws, for rules that use only the support's leave-one-out scores (`stored` is "
+            "what `calm fit --positive` stores; `taught only` sets the EER point on the site's m clips of each "
+            "kind; `taught weighted` counts them as much as the other support clips; `class midpoint` is "
+            "halfway between the two classes' median scores) and, as the floor no rule can see, the test calls' "
+            "own EER point.",
+            "",
+            "| rule | " + " | ".join(f"m = {m}" for m in taught) + " |",
+            "|---" * (1 + len(taught)) + "|",
+        ]
+        for rule in THRESHOLD_RULES:
+            cells = [rows["calm merged"][m]["rules"][rule] for m in taught]
+            out.append(f"| {rule} | " + " | ".join(f"{100 * np.mean(c['fa']):.1f} / {100 * np.mean(c['miss']):.1f}"
+                                                  for c in cells) + " |")  # fmt: skip
+        out.append("")
     out.append(END)
     return "\n".join(out)
 

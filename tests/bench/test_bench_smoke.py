@@ -203,3 +203,7 @@ def test_site_bench_runs_on_a_small_draw(tmp_path: Path) -> None:
     assert all(len(acc[p]["far mic"][m]) == 2 for p in acc for m in ("0", "1", "2"))
     rows = results["calls"]["rows"]
     assert len(rows["calm sub"]["2"]["call_eer"]) == 16 and len(rows["calm split"]["0"]["fa"]) == 16  # one per fold
+    rules = rows["calm merged"]["2"]["rules"]
+    assert set(rules) == {"stored", "taught only", "taught weighted", "class midpoint", "test EER"}
+    assert rules["stored"]["fa"] == rows["calm merged"]["2"]["fa"] and all(len(r["miss"]) == 16 for r in rules.values())
+    assert "Where the threshold sits" in text and "| taught only |" in text
