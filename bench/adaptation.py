@@ -30,6 +30,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import shifts
@@ -154,7 +155,7 @@ def monitor(name: str, backbone, args: argparse.Namespace, backgrounds: list[np.
 
 
 # ---- calls --------------------------------------------------------------------------------------------------
-def calls(backbone, args: argparse.Namespace) -> dict:  # type: ignore[no-untyped-def]
+def calls(backbone, args: argparse.Namespace, shots: int) -> dict:  # type: ignore[no-untyped-def]
     data_dir = build_devset("calls")
     if args.per_source:  # a quick run on a smaller build of the set (the one bench/calls.py --per-source makes)
         data_dir = build_devset("calls", Path(f"{default_devset_dir('calls')}-{args.per_source}"), args.per_source)
@@ -183,8 +184,8 @@ def calls(backbone, args: argparse.Namespace) -> dict:  # type: ignore[no-untype
             positive = np.r_[np.zeros(test_g.size, bool), np.ones(test_s.size, bool)]
             call_ids = [f"g{k // 4}" for k in range(test_g.size)] + [f"s{k // 4}" for k in range(test_s.size)]
             for _ in range(args.call_draws):
-                base = np.r_[rng.choice(seen_g, args.call_shots, replace=False),
-                             rng.choice(seen_s, args.call_shots, replace=False)]  # fmt: skip
+                base = np.r_[rng.choice(seen_g, shots, replace=False),
+                             rng.choice(seen_s, shots, replace=False)]  # fmt: skip
                 add_g = rng.permutation(site_g)
                 add_s = rng.permutation(site_s)
                 for m in args.call_site_clips:
@@ -209,11 +210,12 @@ def calls(backbone, args: argparse.Namespace) -> dict:  # type: ignore[no-untype
                         r["fa"].append(r["rules"]["stored"]["fa"][-1])
                         r["miss"].append(r["rules"]["stored"]["miss"][-1])
         print(f"calls: engine {s} done ({time.perf_counter() - t0:.0f} s)", flush=True)
-    return {"rows": rows, "layout": f"{backbone.layout.n_layers} layers x {backbone.layout.n_heads} heads"}
+    return {"rows": rows, "shots": shots,
+            "layout": f"{backbone.layout.n_layers} layers x {backbone.layout.n_heads} heads"}  # fmt: skip
 
 
 def _call_scores(p: str, feats: torch.Tensor, sup: np.ndarray, labels: np.ndarray, names: list[str],
-                 test: np.ndarray, backbone) -> tuple[np.ndarray, float | None]:  # type: ignore[no-untyped-def]  # fmt: skip
+                 test: np.ndarray, backbone) -> tuple[np.ndarray, np.ndarray | None]:  # type: ignore[no-untyped-def]  # fmt: skip
     method = p.split()[0]
     lab = torch.from_numpy(labels).long()
     if method == "probe":  # the spoof group against the rest
@@ -258,6 +260,56 @@ def diff(a: list[float], b: list[float], scale: float = 1.0) -> str:
     return f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]" if scale == 1.0 else f"{m:+.1f} [{lo:+.1f}, {hi:+.1f}]"
 
 
+def int_keys(value: Any) -> Any:
+    """site.json as it was written: JSON made the m keys ("0", "2") strings."""
+    if isinstance(value, dict):
+        return {int(k) if isinstance(k, str) and k.isdigit() else k: int_keys(v) for k, v in value.items()}
+    return value
+
+
+def calls_section(res: dict, args: argparse.Namespace, title: str) -> list[str]:
+    rows, cms, shots = res["rows"], args.call_site_clips, res.get("shots", 8)
+    out: list[str] = []
+    n_folds = len(SPOOF_SOURCES) * len(GENUINE_SOURCES)
+    out += [f"### {title} ({res['layout']})", "",
+            f"{n_folds} folds (held-out engine × held-out human source), {args.call_draws} draws each; support "
+            f"{shots} clips per class from the other sources, plus m clips of the new engine and m of "
+            "the new human source. Per-call EER %, and at the stored threshold genuine calls flagged % and "
+            "synthetic calls missed %, mean ± sd over folds × draws.", "",
+            "| pipeline | " + " | ".join(f"call EER, m = {m}" for m in cms) + " | "
+            + " | ".join(f"flagged / missed, m = {m}" for m in cms) + " |",
+            "|---" * (1 + 2 * len(cms)) + "|"]  # fmt: skip
+    for p in CALL_PIPELINES:
+        cells = [pm(rows[p][m]["call_eer"], 100) for m in cms]
+        cells += [f"{100 * np.mean(rows[p][m]['fa']):.1f} / {100 * np.mean(rows[p][m]['miss']):.1f}"
+                  if rows[p][m]["fa"] else "–" for m in cms]  # fmt: skip
+        out.append(f"| {p} | " + " | ".join(cells) + " |")
+    big, base = cms[-1], rows["calm merged"][cms[-1]]["call_eer"]
+    out += ["", f"Paired call-EER differences at m = {big} (points): "
+            + "; ".join(f"{p} − calm merged {diff(rows[p][big]['call_eer'], base, 100)}"
+                        for p in CALL_PIPELINES[1:]), ""]  # fmt: skip
+    taught = [m for m in cms if m]
+    if not all("rules" in rows["calm merged"][m] for m in taught):  # results kept from before the rules
+        return out
+    out += [
+        "Where the threshold sits, for calm merged: genuine calls flagged % / synthetic calls missed %, "
+        "mean over folds × draws, for rules that use only the support's leave-one-out scores (`stored` is "
+        "what `calm fit --positive` stores; `taught only` sets the EER point on the site's m clips of each "
+        "kind; `taught weighted` counts them as much as the other support clips; `class midpoint` is "
+        "halfway between the two classes' median scores) and, as the floor no rule can see, the test calls' "
+        "own EER point.",
+        "",
+        "| rule | " + " | ".join(f"m = {m}" for m in taught) + " |",
+        "|---" * (1 + len(taught)) + "|",
+    ]
+    for rule in THRESHOLD_RULES:
+        points = [rows["calm merged"][m]["rules"][rule] for m in taught]
+        out.append(f"| {rule} | " + " | ".join(f"{100 * np.mean(c['fa']):.1f} / {100 * np.mean(c['miss']):.1f}"
+                                              for c in points) + " |")  # fmt: skip
+    out.append("")
+    return out
+
+
 def report(results: dict, args: argparse.Namespace) -> str:
     ms = args.site_clips
     sites = [s for s in SITES if s.name in args.sites]
@@ -292,43 +344,11 @@ def report(results: dict, args: argparse.Namespace) -> str:
         if "calm" in acc and 2 in ms:
             gains = [f"{s.name}: {diff(acc['calm'][s.name][2], acc['calm'][s.name][0])}" for s in sites]
             out += ["", "What 2 site clips per class buy `calm` (paired, m = 2 − m = 0): " + "; ".join(gains), ""]
-    if "calls" in results:
-        rows, cms = results["calls"]["rows"], args.call_site_clips
-        n_folds = len(SPOOF_SOURCES) * len(GENUINE_SOURCES)
-        out += [f"### calls: a new engine and a new voice taught at the site ({results['calls']['layout']})", "",
-                f"{n_folds} folds (held-out engine × held-out human source), {args.call_draws} draws each; support "
-                f"{args.call_shots} clips per class from the other sources, plus m clips of the new engine and m of "
-                "the new human source. Per-call EER %, and at the stored threshold genuine calls flagged % and "
-                "synthetic calls missed %, mean ± sd over folds × draws.", "",
-                "| pipeline | " + " | ".join(f"call EER, m = {m}" for m in cms) + " | "
-                + " | ".join(f"flagged / missed, m = {m}" for m in cms) + " |",
-                "|---" * (1 + 2 * len(cms)) + "|"]  # fmt: skip
-        for p in CALL_PIPELINES:
-            cells = [pm(rows[p][m]["call_eer"], 100) for m in cms]
-            cells += [f"{100 * np.mean(rows[p][m]['fa']):.1f} / {100 * np.mean(rows[p][m]['miss']):.1f}"
-                      if rows[p][m]["fa"] else "–" for m in cms]  # fmt: skip
-            out.append(f"| {p} | " + " | ".join(cells) + " |")
-        big, base = cms[-1], rows["calm merged"][cms[-1]]["call_eer"]
-        out += ["", f"Paired call-EER differences at m = {big} (points): "
-                + "; ".join(f"{p} − calm merged {diff(rows[p][big]['call_eer'], base, 100)}"
-                            for p in CALL_PIPELINES[1:]), ""]  # fmt: skip
-        taught = [m for m in cms if m]
-        out += [
-            "Where the threshold sits, for calm merged: genuine calls flagged % / synthetic calls missed %, "
-            "mean over folds × draws, for rules that use only the support's leave-one-out scores (`stored` is "
-            "what `calm fit --positive` stores; `taught only` sets the EER point on the site's m clips of each "
-            "kind; `taught weighted` counts them as much as the other support clips; `class midpoint` is "
-            "halfway between the two classes' median scores) and, as the floor no rule can see, the test calls' "
-            "own EER point.",
-            "",
-            "| rule | " + " | ".join(f"m = {m}" for m in taught) + " |",
-            "|---" * (1 + len(taught)) + "|",
-        ]
-        for rule in THRESHOLD_RULES:
-            cells = [rows["calm merged"][m]["rules"][rule] for m in taught]
-            out.append(f"| {rule} | " + " | ".join(f"{100 * np.mean(c['fa']):.1f} / {100 * np.mean(c['miss']):.1f}"
-                                                  for c in cells) + " |")  # fmt: skip
-        out.append("")
+    for key in sorted(k for k in results if k.startswith("calls")):
+        extra = key != "calls"
+        title = (f"calls, a larger support from elsewhere (`--call-shots {results[key].get('shots')}`)" if extra
+                 else "calls: a new engine and a new voice taught at the site")  # fmt: skip
+        out += calls_section(results[key], args, title)
     out.append(END)
     return "\n".join(out)
 
@@ -336,11 +356,12 @@ def report(results: dict, args: argparse.Namespace) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="bundled:whisper-tiny.en")
-    p.add_argument("--sets", nargs="+", default=["instruments", "events", "calls"])
+    p.add_argument("--sets", nargs="+", default=["instruments", "events", "calls"],
+                   help="what to run; the others keep their last results from site.json beside --out")  # fmt: skip
     p.add_argument("--shots", type=int, default=8)
     p.add_argument("--site-clips", type=int, nargs="+", default=[0, 1, 2, 4])
     p.add_argument("--draws", type=int, default=20)
-    p.add_argument("--call-shots", type=int, default=8)
+    p.add_argument("--call-shots", type=int, nargs="+", default=[8, 24], help="base support per class, one run each")
     p.add_argument("--call-site-clips", type=int, nargs="+", default=[0, 2, 8])
     p.add_argument("--call-draws", type=int, default=2, help="support draws per fold (16 folds)")
     p.add_argument("--seed", type=int, default=0)
@@ -353,14 +374,23 @@ def main() -> int:
     logging.getLogger("calm_core.method.classifier").setLevel(logging.ERROR)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     backbone = load_backbone(args.model, LoadOptions())
-    results: dict = {"monitor": {}}
+    stored = args.out.with_name("site.json")
+    results: dict = int_keys(json.loads(stored.read_text())) if stored.is_file() else {}
+    results.setdefault("monitor", {})
+    kept = [k for k in [*results["monitor"], *(k for k in results if k.startswith("calls"))]
+            if (k.split("_")[0] if k.startswith("calls") else k) not in args.sets]  # fmt: skip
+    if kept:
+        print(f"kept from {stored}: {', '.join(kept)}", flush=True)
     backgrounds = load_backgrounds()
     for name in args.sets:
         if name == "calls":
-            results["calls"] = calls(backbone, args)
+            for k in [k for k in results if k.startswith("calls")]:
+                del results[k]
+            for i, shots in enumerate(args.call_shots):
+                results["calls" if i == 0 else f"calls_{shots}"] = calls(backbone, args, shots)
         else:
             results["monitor"][name] = monitor(name, backbone, args, backgrounds)
-        args.out.with_name("site.json").write_text(json.dumps(results, indent=1, default=float))
+        stored.write_text(json.dumps(results, indent=1, default=float))
     text = report(results, args)
     old = args.out.read_text() if args.out.is_file() else ""
     if START in old and END in old:

@@ -207,3 +207,12 @@ def test_site_bench_runs_on_a_small_draw(tmp_path: Path) -> None:
     assert set(rules) == {"stored", "taught only", "taught weighted", "class midpoint", "test EER"}
     assert rules["stored"]["fa"] == rows["calm merged"]["2"]["fa"] and all(len(r["miss"]) == 16 for r in rules.values())
     assert "Where the threshold sits" in text and "| taught only |" in text
+    # Calls again with two base supports: the instruments results are kept from site.json, and reported.
+    done = run_bench(["bench/adaptation.py", "--sets", "calls", "--per-source", "4", "--call-shots", "2", "3",
+                      "--call-site-clips", "0", "2", "--call-draws", "1", "--sites", "far mic", "--site-clips", "0",
+                      "1", "2", "--out", str(out)], tmp_path, timeout=1200)  # fmt: skip
+    assert "kept from" in done.stdout and "instruments" in done.stdout
+    again = json.loads((tmp_path / "site.json").read_text())
+    assert again["monitor"] == results["monitor"] and set(again) == {"monitor", "calls", "calls_3"}
+    text = out.read_text()
+    assert "### instruments" in text and "`--call-shots 3`" in text and text.count("| taught only |") == 2

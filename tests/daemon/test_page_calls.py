@@ -71,7 +71,10 @@ def test_in_chromium_a_call_shows_its_segments_and_clips_and_teaches_a_new_kind_
             return found if len(found) >= 2 else None
 
         found = wait_for(clips_of_the_call, PAGE_WAIT_S, 0.5)
-        assert found, daemon.log()[-3000:]
+        if not found:  # what the page held, and calmd's log without the page's own request lines
+            state = json.loads(page_request(port, "GET", "/api/state")[2])
+            log = "\n".join(line for line in daemon.log().splitlines() if '"GET /api/' not in line)
+            raise AssertionError(f"calls: {state['calls']}\nevents: {state['events']}\n{log[-4000:]}")
 
         browser.get(f"http://127.0.0.1:{port}/#calls")
         card = "return document.querySelector('article.call')"
