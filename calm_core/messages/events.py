@@ -13,6 +13,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, ClassVar
 
+__all__ = ["CALL_TOPIC", "EVENT_TOPIC", "LABEL_TOPIC", "STATUS_TOPIC", "CallEvent", "CallLeg", "EdgeEvent", "Event",
+           "LabelEvent", "Scored", "StatusEvent", "StreamStatus", "decode", "encode", "utc_iso"]  # fmt: skip
+
 LABEL_TOPIC = "calm.label."
 EVENT_TOPIC = "calm.event."
 STATUS_TOPIC = "calm.status"
