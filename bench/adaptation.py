@@ -135,9 +135,8 @@ def monitor(name: str, backbone, args: argparse.Namespace, backgrounds: list[np.
         for p in args.pipelines:
             method, cond = p.replace("+cond", ""), "sound" if "+cond" in p else "none"
             clean_sup, clean_lab = feats[("pool", "clean", cond)][idx], y_t[idx]
-            predict0 = fit_pipeline(
-                method, clean_sup, clean_lab, names, backbone
-            ).predict  # m = 0: the same at every site
+            # m = 0: the same at every site
+            predict0 = fit_pipeline(method, clean_sup, clean_lab, names, backbone).predict
             acc[p]["clean"][0].append(float((predict0(feats[("test", "clean", cond)]) == ty_t).float().mean()))
             for site in sites:
                 test_feats = feats[("test", site.name, cond)]
@@ -168,8 +167,10 @@ def calls(backbone, args: argparse.Namespace, shots: int) -> dict:  # type: igno
     key = f"calls-{args.per_source}" if args.per_source else "calls"  # bench/calls.py's key: one cache for both
     feats = store.get(f"{key}:none", [load_audio(p) for p in paths], lambda i, x: x)
     rng = np.random.default_rng(args.seed)
+    # fa/miss: at the stored threshold; rules: at the other places a threshold could sit (THRESHOLDED only)
     rows: dict = {p: {m: {"call_eer": [], "clip_eer": [], "fa": [], "miss": [],
-                          "rules": {r: {"fa": [], "miss": []} for r in THRESHOLD_RULES}}
+                          **({"rules": {r: {"fa": [], "miss": []} for r in THRESHOLD_RULES[1:]}}
+                             if p in THRESHOLDED else {})}
                       for m in args.call_site_clips} for p in CALL_PIPELINES}  # fmt: skip
     t0 = time.perf_counter()
     for s in SPOOF_SOURCES:
@@ -205,10 +206,9 @@ def calls(backbone, args: argparse.Namespace, shots: int) -> dict:  # type: igno
                             continue
                         rules = threshold_rules(loo, labels > 0, len(base), call_scores, call_pos)
                         for rule, t in rules.items():
-                            r["rules"][rule]["fa"].append(float(np.mean(call_scores[~call_pos] >= t)))
-                            r["rules"][rule]["miss"].append(float(np.mean(call_scores[call_pos] < t)))
-                        r["fa"].append(r["rules"]["stored"]["fa"][-1])
-                        r["miss"].append(r["rules"]["stored"]["miss"][-1])
+                            at = r if rule == "stored" else r["rules"][rule]
+                            at["fa"].append(float(np.mean(call_scores[~call_pos] >= t)))
+                            at["miss"].append(float(np.mean(call_scores[call_pos] < t)))
         print(f"calls: engine {s} done ({time.perf_counter() - t0:.0f} s)", flush=True)
     return {"rows": rows, "shots": shots,
             "layout": f"{backbone.layout.n_layers} layers x {backbone.layout.n_heads} heads"}  # fmt: skip
@@ -237,12 +237,13 @@ def threshold_rules(loo: np.ndarray, is_spoof: np.ndarray, n_base: int, call_sco
     """Where a detector's threshold could sit, from the support's leave-one-out scores (the site's m clips of each
     kind come after the n_base others). `stored` is what calm fit stores; `test EER` is no rule but the floor:
     the EER point of the test calls themselves."""
-    taught = slice(n_base, None)
-    reps = np.r_[np.ones(n_base, int), np.full(loo.size - n_base, max(1, round(n_base / max(1, loo.size - n_base))))]
-    has_taught = loo.size - n_base >= 4  # 2 of each kind: an EER point of their own
+    taught, n_taught = slice(n_base, None), loo.size - n_base
+    reps = np.r_[np.ones(n_base, int), np.full(n_taught, max(1, round(n_base / max(1, n_taught))))]
+    stored = eer(loo, is_spoof)[1]
     return {
-        "stored": eer(loo, is_spoof)[1],
-        "taught only": eer(loo[taught], is_spoof[taught])[1] if has_taught else eer(loo, is_spoof)[1],
+        "stored": stored,
+        # 2 taught clips of each kind at least: an EER point of their own
+        "taught only": eer(loo[taught], is_spoof[taught])[1] if n_taught >= 4 else stored,
         "taught weighted": eer(np.repeat(loo, reps), np.repeat(is_spoof, reps))[1],
         "class midpoint": float(np.median(loo[is_spoof]) + np.median(loo[~is_spoof])) / 2,
         "test EER": eer(call_scores, call_pos)[1],
@@ -267,11 +268,13 @@ def int_keys(value: Any) -> Any:
     return value
 
 
-def calls_section(res: dict, args: argparse.Namespace, title: str) -> list[str]:
-    rows, cms, shots = res["rows"], args.call_site_clips, res.get("shots", 8)
-    out: list[str] = []
+def calls_section(res: dict, args: argparse.Namespace, first: bool) -> list[str]:
+    """The report of one calls run; first: the headline run, the others a larger support from elsewhere."""
+    rows, cms, shots = res["rows"], args.call_site_clips, res["shots"]
+    title = ("calls: a new engine and a new voice taught at the site" if first
+             else f"calls, a larger support from elsewhere (`--call-shots {shots}`)")  # fmt: skip
     n_folds = len(SPOOF_SOURCES) * len(GENUINE_SOURCES)
-    out += [f"### {title} ({res['layout']})", "",
+    out = [f"### {title} ({res['layout']})", "",
             f"{n_folds} folds (held-out engine × held-out human source), {args.call_draws} draws each; support "
             f"{shots} clips per class from the other sources, plus m clips of the new engine and m of "
             "the new human source. Per-call EER %, and at the stored threshold genuine calls flagged % and "
@@ -289,8 +292,6 @@ def calls_section(res: dict, args: argparse.Namespace, title: str) -> list[str]:
             + "; ".join(f"{p} − calm merged {diff(rows[p][big]['call_eer'], base, 100)}"
                         for p in CALL_PIPELINES[1:]), ""]  # fmt: skip
     taught = [m for m in cms if m]
-    if not all("rules" in rows["calm merged"][m] for m in taught):  # results kept from before the rules
-        return out
     out += [
         "Where the threshold sits, for calm merged: genuine calls flagged % / synthetic calls missed %, "
         "mean over folds × draws, for rules that use only the support's leave-one-out scores (`stored` is "
@@ -303,7 +304,7 @@ def calls_section(res: dict, args: argparse.Namespace, title: str) -> list[str]:
         "|---" * (1 + len(taught)) + "|",
     ]
     for rule in THRESHOLD_RULES:
-        points = [rows["calm merged"][m]["rules"][rule] for m in taught]
+        points = [rows["calm merged"][m] if rule == "stored" else rows["calm merged"][m]["rules"][rule] for m in taught]
         out.append(f"| {rule} | " + " | ".join(f"{100 * np.mean(c['fa']):.1f} / {100 * np.mean(c['miss']):.1f}"
                                               for c in points) + " |")  # fmt: skip
     out.append("")
@@ -345,10 +346,7 @@ def report(results: dict, args: argparse.Namespace) -> str:
             gains = [f"{s.name}: {diff(acc['calm'][s.name][2], acc['calm'][s.name][0])}" for s in sites]
             out += ["", "What 2 site clips per class buy `calm` (paired, m = 2 − m = 0): " + "; ".join(gains), ""]
     for key in sorted(k for k in results if k.startswith("calls")):
-        extra = key != "calls"
-        title = (f"calls, a larger support from elsewhere (`--call-shots {results[key].get('shots')}`)" if extra
-                 else "calls: a new engine and a new voice taught at the site")  # fmt: skip
-        out += calls_section(results[key], args, title)
+        out += calls_section(results[key], args, first=key == "calls")
     out.append(END)
     return "\n".join(out)
 
@@ -377,8 +375,8 @@ def main() -> int:
     stored = args.out.with_name("site.json")
     results: dict = int_keys(json.loads(stored.read_text())) if stored.is_file() else {}
     results.setdefault("monitor", {})
-    kept = [k for k in [*results["monitor"], *(k for k in results if k.startswith("calls"))]
-            if (k.split("_")[0] if k.startswith("calls") else k) not in args.sets]  # fmt: skip
+    kept = [k for k in results["monitor"] if k not in args.sets]
+    kept += [k for k in results if k.startswith("calls") and "calls" not in args.sets]
     if kept:
         print(f"kept from {stored}: {', '.join(kept)}", flush=True)
     backgrounds = load_backgrounds()
